@@ -1,0 +1,200 @@
+"""Orchestrates train -> export -> parity -> repository for each model, prints a summary table."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training import datasets, export, plots, repository
+from training import mnist_model, sentiment_model
+
+SEED = 1337
+# Release gates on the full test sets (quick mode skips them, never the parity check).
+TARGETS = {"mnist": 0.993, "sentiment": 0.890}
+MODELS = ("mnist", "sentiment")
+
+
+class AccuracyTargetError(RuntimeError):
+    """A full-mode model was written but misses its accuracy target."""
+
+
+@dataclass
+class Options:
+    data_dir: str | None
+    repository: str = "models"
+    quick: bool = False
+    models: tuple[str, ...] = MODELS
+    epochs: dict = field(default_factory=dict)  # model name -> epoch override
+
+    @property
+    def verbose(self) -> int:
+        return 2 if self.quick else 1
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_hashes(data_dir: str | None, patterns: list[str]) -> dict:
+    files = sorted(p for pat in patterns for p in glob.glob(os.path.join(data_dir or ".", pat)) if os.path.isfile(p))
+    return {os.path.basename(p): sha256(p) for p in files} or {"(downloaded by keras)": "see keras cache"}
+
+
+def _log(message: str) -> None:
+    print(f"[training] {message}", flush=True)
+
+
+def run_mnist(opts: Options) -> dict:
+    params = mnist_model.MnistParams()
+    if opts.quick:
+        params.epochs, params.train_limit, params.test_limit, params.augment = 1, 2000, 1000, False
+    params.epochs = opts.epochs.get("mnist", params.epochs)
+    _log("mnist: loading data")
+    data = datasets.load_mnist(opts.data_dir)
+    _log(f"mnist: training ({params.epochs} epochs)")
+    model, history, seconds, epochs_run = mnist_model.train(data, params, SEED, opts.verbose)
+
+    x_test, y_test = mnist_model.test_arrays(data, params)
+    keras_probs = model.predict(x_test, batch_size=64, verbose=0)
+    model_dir = os.path.join(opts.repository, "mnist")
+    onnx_path = os.path.join(model_dir, "1", "model.onnx")
+    _log(f"mnist: exporting {onnx_path}")
+    export.export_onnx(model, onnx_path, x_test[:1], "image", "probabilities", ("batch",))
+    session = export.ort_session(onnx_path)
+    onnx_probs = export.ort_predict(session, x_test)
+    result = export.parity(keras_probs, onnx_probs, "mnist")
+    export.check_dynamic_batch(session, x_test[:64])
+
+    repository.write_config(opts.repository, "mnist", repository.mnist_config())
+    plots.training_curves(history, os.path.join(model_dir, "training_curves.png"), "MNIST CNN")
+    predicted = onnx_probs.argmax(axis=1)
+    plots.confusion_matrix(y_test, predicted, os.path.join(model_dir, "confusion_matrix.png"),
+                           f"MNIST test confusion matrix (ONNX Runtime, n={len(y_test)})")
+    summary = _summary("mnist", y_test, export.classes(keras_probs), predicted, result, seconds, epochs_run)
+    card = _card(opts, summary, params.to_dict(), history, data_hashes=_data_hashes(opts.data_dir, ["mnist.npz"]),
+                 description="Handwritten digit classifier (MNIST, 10 classes): a VGG-style CNN "
+                             "(2x[Conv-BN-Conv-BN-MaxPool-Dropout], Dense 128, softmax).",
+                 interface={"served_input": "`image` TYPE_FP32 dims [28, 28, 1] (+ batch), pixels / 255.0",
+                            "served_output": "`probabilities` TYPE_FP32 dims [10] (softmax)",
+                            "onnx": "`image` float32 [batch,28,28,1] -> `probabilities` float32 [batch,10]",
+                            "preprocessing": "grayscale 28x28, white digit on black, float32 = uint8 / 255.0"},
+                 data_text="MNIST train split (60,000) / test split (10,000)",
+                 validation=f"last {params.validation_fraction:.0%} of the training split (original order)",
+                 limitations="Trained on centred MNIST digits only; other images (letters, photos, "
+                             "inverted colours, off-centre digits) get confident but meaningless outputs.",
+                 figures=["training_curves.png", "confusion_matrix.png"])
+    repository.write_card(opts.repository, "mnist", card)
+    return summary
+
+
+def run_sentiment(opts: Options) -> dict:
+    params = sentiment_model.SentimentParams()
+    if opts.quick:
+        params.epochs, params.train_limit, params.test_limit = 1, 1000, 1000
+        params.vocab_size, params.max_tokens, params.buckets = 2000, 128, (32, 64, 128)
+    params.epochs = opts.epochs.get("sentiment", params.epochs)
+    _log("sentiment: loading data")
+    data = datasets.load_imdb(opts.data_dir)
+    tokenizer, sets = sentiment_model.prepare(data, params, SEED)
+    _log(f"sentiment: vocabulary {len(tokenizer.vocabulary)} words; training ({params.epochs} epochs)")
+    model, history, seconds, epochs_run = sentiment_model.train(sets, params, SEED, opts.verbose)
+
+    model_dir = os.path.join(opts.repository, "sentiment")
+    onnx_path = os.path.join(model_dir, "1", "model.onnx")
+    _log(f"sentiment: exporting {onnx_path}")
+    example = np.zeros((1, params.buckets[0]), dtype=np.int32)
+    export.export_onnx(model, onnx_path, example, "token_ids", "probability", ("batch", "tokens"))
+    tokenizer.save(os.path.join(model_dir, "1"))
+    session = export.ort_session(onnx_path)
+    # Same regime as serving: every batch holds one bucket length.
+    keras_probs, onnx_probs, labels = [], [], []
+    for x, y, _ in sets["test"].values():
+        keras_probs.append(model.predict(x, batch_size=64, verbose=0))
+        onnx_probs.append(export.ort_predict(session, x))
+        labels.append(y[:, 0].astype(np.int64))
+    keras_probs, onnx_probs, labels = map(np.concatenate, (keras_probs, onnx_probs, labels))
+    result = export.parity(keras_probs, onnx_probs, "sentiment")
+    for x, _, _ in sets["test"].values():
+        export.check_dynamic_batch(session, x[:64])
+
+    repository.write_config(opts.repository, "sentiment", repository.sentiment_config())
+    plots.training_curves(history, os.path.join(model_dir, "training_curves.png"), "IMDB sentiment BiLSTM")
+    summary = _summary("sentiment", labels, export.classes(keras_probs), export.classes(onnx_probs), result,
+                       seconds, epochs_run)
+    card = _card(opts, summary, params.to_dict(), history,
+                 data_hashes=_data_hashes(opts.data_dir, ["aclImdb*.tar.gz"]),
+                 description="Binary sentiment of English movie reviews (IMDB): Embedding -> "
+                             "Bidirectional LSTM -> global max pooling -> Dense -> sigmoid.",
+                 interface={"served_input": "`text` TYPE_STRING dims [1] (+ batch): one raw review, UTF-8",
+                            "served_output": "`probability` TYPE_FP32 dims [1]: P(positive)",
+                            "onnx": "`token_ids` int32 [batch,tokens] -> `probability` float32 [batch,1]",
+                            "preprocessing": "server.tokenizer with tokenizer.json + vocab.txt: normalize, "
+                                             f"split words, ids (0 pad, 1 OOV), keep the last {params.max_tokens} "
+                                             f"tokens, pre-pad to the smallest bucket of {list(params.buckets)}"},
+                 data_text="IMDB Large Movie Review Dataset v1.0, labelled train (25,000) / test (25,000) reviews",
+                 validation=f"stratified {params.validation_fraction:.0%} of the training split; "
+                            "vocabulary built from the remaining training reviews only",
+                 limitations="English movie reviews only; sarcasm, mixed reviews and other domains are "
+                             "unreliable. Only the last tokens of long reviews are read.",
+                 figures=["training_curves.png"])
+    repository.write_card(opts.repository, "sentiment", card)
+    return summary
+
+
+def _summary(name, labels, keras_classes, onnx_classes, parity_result, seconds, epochs_run) -> dict:
+    return {"model": name, "test_examples": int(len(labels)),
+            "test_accuracy_keras": float(np.mean(keras_classes == labels)),
+            "test_accuracy_onnx": float(np.mean(onnx_classes == labels)),
+            "parity": parity_result, "training_seconds": float(seconds), "epochs_run": int(epochs_run)}
+
+
+def _card(opts, summary, hyperparameters, history, data_hashes, description, interface, data_text, validation,
+          limitations, figures) -> dict:
+    return {
+        "name": summary["model"], "description": description, "quick": opts.quick, "interface": interface,
+        "metrics": {k: summary[k] for k in ("test_examples", "test_accuracy_onnx", "test_accuracy_keras")},
+        "target_accuracy": TARGETS[summary["model"]], "parity": summary["parity"],
+        "data": {"description": data_text, "validation": validation, "sha256": data_hashes},
+        "training": {"seconds": round(summary["training_seconds"], 1), "epochs_run": summary["epochs_run"],
+                     "seed": SEED, "hyperparameters": hyperparameters,
+                     "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.items()}},
+        "versions": repository.library_versions(), "limitations": limitations, "figures": figures,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def format_table(summaries: list[dict]) -> str:
+    header = ("model", "acc (Keras)", "acc (ONNX RT)", "max |diff|", "class agreement", "train time", "epochs")
+    rows = [header] + [(s["model"], f"{s['test_accuracy_keras']:.4f}", f"{s['test_accuracy_onnx']:.4f}",
+                        f"{s['parity']['max_abs_diff']:.2e}", f"{s['parity']['class_agreement']:.4f}",
+                        f"{s['training_seconds']:.0f} s", str(s["epochs_run"])) for s in summaries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(opts: Options) -> list[dict]:
+    """Runs the selected models; raises AccuracyTargetError (after writing everything) on a missed target."""
+    runners = {"mnist": run_mnist, "sentiment": run_sentiment}
+    summaries = []
+    for name in opts.models:
+        start = time.perf_counter()
+        summaries.append(runners[name](opts))
+        _log(f"{name}: done in {time.perf_counter() - start:.0f} s")
+    print(format_table(summaries), flush=True)
+    if not opts.quick:
+        missed = [f"{s['model']} {s['test_accuracy_onnx']:.4f} < {TARGETS[s['model']]}" for s in summaries
+                  if s["test_accuracy_onnx"] < TARGETS[s["model"]]]
+        if missed:
+            raise AccuracyTargetError("accuracy target missed: " + "; ".join(missed))
+    return summaries

@@ -1,0 +1,116 @@
+"""Writes the Triton-layout model repository: config.pbtxt files and model cards.
+
+config.pbtxt is written from a text template (Triton ModelConfig text format) so
+training does not depend on the generated protobuf modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+MAX_BATCH_SIZE = 64
+MAX_QUEUE_DELAY_US = 500
+MAX_QUEUE_SIZE = 1024
+
+
+def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]],
+                 parameters: dict[str, str] | None = None) -> str:
+    """Triton config.pbtxt text; tensors are (name, TYPE_*, dims without the batch dim)."""
+
+    def tensors(items):
+        return ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: [ {", ".join(map(str, d))} ] }}' for n, t, d in items)
+
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {MAX_BATCH_SIZE}",
+        "version_policy { latest { num_versions: 1 } }",
+        f"input [\n{tensors(inputs)}\n]",
+        f"output [\n{tensors(outputs)}\n]",
+        "instance_group [ { kind: KIND_AUTO count: 1 } ]",
+        "dynamic_batching {",
+        f"  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}",
+        "  default_queue_policy {",
+        "    timeout_action: REJECT",
+        "    default_timeout_microseconds: 0",
+        f"    max_queue_size: {MAX_QUEUE_SIZE}",
+        "  }",
+        "}",
+    ]
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def mnist_config() -> str:
+    return model_config("mnist", [("image", "TYPE_FP32", [28, 28, 1])], [("probabilities", "TYPE_FP32", [10])])
+
+
+def sentiment_config(tokenizer_file: str = "tokenizer.json") -> str:
+    return model_config(
+        "sentiment", [("text", "TYPE_STRING", [1])], [("probability", "TYPE_FP32", [1])],
+        {"text_preprocessor": tokenizer_file, "text_preprocessor_output": "token_ids"},
+    )
+
+
+def write_config(repository: str, name: str, text: str) -> str:
+    path = os.path.join(repository, name, "config.pbtxt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return path
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy"):
+        try:
+            versions[dist.replace("-cpu", "")] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_card(repository: str, name: str, card: dict) -> None:
+    """models/<name>/1/model_card.json (machine) and models/<name>/MODEL_CARD.md (human)."""
+    with open(os.path.join(repository, name, "1", "model_card.json"), "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(repository, name, "MODEL_CARD.md"), "w", encoding="utf-8") as f:
+        f.write(_markdown(card))
+
+
+def _markdown(card: dict) -> str:
+    m, p = card["metrics"], card["parity"]
+    lines = [
+        f"# Model card: {card['name']}", "",
+        card["description"], "",
+        "## Interface", "",
+        f"- Served input: {card['interface']['served_input']}",
+        f"- Served output: {card['interface']['served_output']}",
+        f"- ONNX graph: {card['interface']['onnx']}",
+        f"- Preprocessing: {card['interface']['preprocessing']}", "",
+        "## Evaluation (full test set)" if not card["quick"] else "## Evaluation (QUICK MODE: subsets, not a real model)", "",
+        "| metric | value |", "| --- | --- |",
+        f"| test examples | {m['test_examples']} |",
+        f"| test accuracy, ONNX Runtime (CPU) | {m['test_accuracy_onnx']:.4f} |",
+        f"| test accuracy, Keras | {m['test_accuracy_keras']:.4f} |",
+        f"| parity max abs diff (ONNX vs Keras) | {p['max_abs_diff']:.2e} (tolerance {p['tolerance']:g}) |",
+        f"| parity class agreement | {p['class_agreement']:.4f} |", "",
+        "## Training", "",
+        f"- Data: {card['data']['description']}",
+        f"- Validation: {card['data']['validation']}",
+        f"- Epochs run: {card['training']['epochs_run']} (max {card['training']['hyperparameters']['epochs']}), "
+        f"seed {card['training']['seed']}, training time {card['training']['seconds']:.0f} s",
+        f"- Hyperparameters: `{json.dumps(card['training']['hyperparameters'], sort_keys=True)}`",
+        "- Data files (sha256):",
+        *[f"  - `{k}`: `{v}`" for k, v in card["data"]["sha256"].items()],
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), "",
+        "## Limitations", "", card["limitations"], "",
+    ]
+    lines += [f"![{img}]({img})" for img in card.get("figures", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,170 @@
+"""IMDB review sentiment: Embedding -> BiLSTM -> global max pooling -> dense (Keras 3).
+
+Every example is tokenized with ``server.tokenizer`` and pre-padded to ITS bucket
+length; batches only hold examples of one bucket. The server does exactly the same,
+so a review scores identically alone or in a batch, and training sees the same
+padding statistics as serving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from server.tokenizer import Tokenizer, TokenizerConfig, build_vocabulary
+
+
+@dataclass
+class SentimentParams:
+    epochs: int = 6
+    batch_size: int = 32
+    vocab_size: int = 20000  # words, not counting the padding and OOV ids
+    min_count: int = 2
+    embedding_dim: int = 128
+    lstm_units: int = 64
+    dense_units: int = 64
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1  # stratified, carved from the training split
+    max_tokens: int = 512
+    buckets: tuple = (32, 64, 128, 256, 512)
+    train_limit: int | None = None  # quick mode: a stratified subset of N training reviews
+    test_limit: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["buckets"] = list(self.buckets)
+        return data
+
+
+def _subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded, label-balanced subset (all indices when limit is None)."""
+    if not limit or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c))[: limit // 2] for c in (0, 1)]
+    return np.sort(np.concatenate(per_class))
+
+
+def split_train_validation(labels: np.ndarray, fraction: float, seed: int):
+    """Stratified split of training indices -> (fit indices, validation indices)."""
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for c in (0, 1):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, int(round(len(idx) * fraction)))
+        val.append(idx[:n_val])
+        fit.append(idx[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def encode_by_bucket(tokenizer: Tokenizer, texts, labels):
+    """{bucket length: (int32 ids (n, bucket), float32 labels (n, 1), original indices (n,))}."""
+    rows: dict[int, list] = {}
+    for i, text in enumerate(texts):
+        padded = tokenizer.encode_padded(text)
+        rows.setdefault(len(padded), []).append((i, padded))
+    out = {}
+    for bucket in sorted(rows):
+        idx = np.array([i for i, _ in rows[bucket]], dtype=np.int64)
+        x = np.stack([p for _, p in rows[bucket]])
+        out[bucket] = (x, np.asarray(labels, dtype=np.float32)[idx].reshape(-1, 1), idx)
+    return out
+
+
+def bucket_batches(buckets: dict, batch_size: int, rng: np.random.Generator | None):
+    """Yields (x, y) batches drawn from a single bucket each.
+
+    With ``rng``: shuffled within each bucket and the batch order shuffled too
+    (training). Without: fixed order (evaluation, parity).
+    """
+    batches = []
+    for x, y, _ in buckets.values():
+        order = rng.permutation(len(x)) if rng is not None else np.arange(len(x))
+        for start in range(0, len(x), batch_size):
+            sel = order[start:start + batch_size]
+            batches.append((x[sel], y[sel]))
+    if rng is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    yield from batches
+
+
+def _tf_dataset(buckets: dict, batch_size: int, seed: int | None):
+    import tensorflow as tf
+
+    epoch = [0]
+
+    def generate():
+        # A fresh seeded shuffle each epoch (the generator is re-invoked per epoch).
+        rng = np.random.default_rng([seed, epoch[0]]) if seed is not None else None
+        epoch[0] += 1
+        yield from bucket_batches(buckets, batch_size, rng)
+
+    signature = (tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None, 1), tf.float32))
+    n_batches = sum(-(-len(x) // batch_size) for x, _, _ in buckets.values())
+    # Known cardinality: Keras shows real progress bars and does not warn about running out of data.
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+
+
+def build_model(params: SentimentParams, seed: int):
+    import keras
+    from keras import layers
+
+    # No mask_zero: masking makes the LSTM export as a slow ONNX Loop. Pre-padding keeps
+    # the real tokens last, and training uses the same padding as serving.
+    return keras.Sequential(
+        [keras.Input((None,), dtype="int32", name="token_ids"),
+         layers.Embedding(params.vocab_size + 2, params.embedding_dim),
+         layers.SpatialDropout1D(0.2, seed=seed),
+         layers.Bidirectional(layers.LSTM(params.lstm_units, return_sequences=True, seed=seed)),
+         layers.GlobalMaxPooling1D(),
+         layers.Dense(params.dense_units, activation="relu"),
+         layers.Dropout(0.5, seed=seed),
+         layers.Dense(1, activation="sigmoid", name="probability")],
+        name="sentiment_bilstm",
+    )
+
+
+def make_tokenizer(train_texts, params: SentimentParams) -> Tokenizer:
+    vocabulary = build_vocabulary(train_texts, params.vocab_size, params.min_count)
+    config = TokenizerConfig(max_tokens=params.max_tokens, buckets=tuple(params.buckets))
+    return Tokenizer(vocabulary, config)
+
+
+def prepare(data, params: SentimentParams, seed: int):
+    """Tokenizer (vocabulary from the fit split only) and bucketed fit/val/test sets."""
+    train_texts, train_labels, test_texts, test_labels = data
+    sub = _subset(train_labels, params.train_limit, seed)
+    train_texts, train_labels = [train_texts[i] for i in sub], train_labels[sub]
+    tsub = _subset(test_labels, params.test_limit, seed + 1)
+    test_texts, test_labels = [test_texts[i] for i in tsub], test_labels[tsub]
+    fit_idx, val_idx = split_train_validation(train_labels, params.validation_fraction, seed)
+    fit_texts = [train_texts[i] for i in fit_idx]
+    tokenizer = make_tokenizer(fit_texts, params)
+    params.vocab_size = len(tokenizer.vocabulary)  # may be smaller on tiny subsets
+    sets = {
+        "fit": encode_by_bucket(tokenizer, fit_texts, train_labels[fit_idx]),
+        "val": encode_by_bucket(tokenizer, [train_texts[i] for i in val_idx], train_labels[val_idx]),
+        "test": encode_by_bucket(tokenizer, test_texts, test_labels),
+    }
+    return tokenizer, sets
+
+
+def train(sets, params: SentimentParams, seed: int, verbose: int):
+    """Returns (model, history dict, training seconds, epochs run)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(params, seed)
+    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    callbacks = [keras.callbacks.EarlyStopping("val_accuracy", patience=2, restore_best_weights=True)]
+    start = time.perf_counter()
+    history = model.fit(_tf_dataset(sets["fit"], params.batch_size, seed),
+                        validation_data=_tf_dataset(sets["val"], 64, None),
+                        epochs=params.epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+    seconds = time.perf_counter() - start
+    return model, history.history, seconds, len(history.history["loss"])
