@@ -1,0 +1,44 @@
+# One virtual environment per checkout; every target installs what it needs first,
+# so `make serve` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR ?= ../shared/data
+MODEL_REPOSITORY ?= models
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+export DATA_DIR
+
+.PHONY: serve test train-export quick-train proto bench soak container-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Serving install only: no TensorFlow.
+$(VENV)/.serve: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# Everything: serving + training + test tools.
+$(VENV)/.dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[train,dev]"
+	touch $@ $(VENV)/.serve
+
+serve: $(VENV)/.serve
+	$(PY) -m server --model-repository $(MODEL_REPOSITORY) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+test: $(VENV)/.dev
+	$(PY) -m pytest
+
+train-export: $(VENV)/.dev
+	$(PY) -m training train-export --data-dir $(DATA_DIR) --repository $(MODEL_REPOSITORY)
+
+proto: $(VENV)/.dev
+	PYTHON=$(PY) tools/gen_proto.sh
+
+bench: $(VENV)/.dev
+	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

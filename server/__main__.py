@@ -1,0 +1,35 @@
+"""``python -m server``: parse settings, set up logging, run the server until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from server.config import load_config
+    from server.logs import configure_logging
+
+    try:
+        config = load_config(argv)
+    except ValueError as exc:
+        print(f"python -m server: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    from server.transport.app import serve
+
+    loop_factory = None
+    try:
+        import uvloop  # a faster event loop: measurably less CPU per request
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config))
+    logging.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

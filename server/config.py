@@ -1,0 +1,155 @@
+"""Server settings: one typed dataclass, validated at start-up.
+
+Each setting comes from a command-line flag, else an environment variable
+(``SERVE_<NAME>``), else its default. Parsing happens only in :func:`load_config`,
+never at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping, Sequence
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    model_repository: Path = Path("models")
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8002  # 0 switches the metrics endpoint off
+    # ONNX Runtime threads per model. 0 lets ORT choose; on small machines a fixed
+    # count that leaves the gRPC thread room is faster (measure with `make bench`).
+    intra_op_threads: int = 0
+    # ORT's pool threads busy-spin between runs by default, stealing CPU from the
+    # event loop; off unless asked for.
+    ort_spinning: bool = False
+    use_gpu: bool = True  # CUDA execution provider when onnxruntime-gpu finds a GPU
+    drain_timeout_s: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    model_control_mode: str = "none"
+    repository_poll_interval_s: float = 15.0
+    # Models to load at start in explicit mode (Triton's --load-model); empty = all.
+    startup_models: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "INFO"
+    access_log: bool = False
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Repository load/unload callers must send this header ("name:value"); empty = open.
+    repository_api_key: str = ""
+
+    def __post_init__(self) -> None:
+        _check_port("grpc_port", self.grpc_port, allow_zero=True)
+        _check_port("metrics_port", self.metrics_port, allow_zero=True)
+        if self.intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads!r}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(
+                f"max_message_bytes must be at least 1024, got {self.max_message_bytes!r}")
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, "
+                             f"got {self.model_control_mode!r}")
+        if self.repository_poll_interval_s <= 0:
+            raise ValueError("repository_poll_interval_s must be > 0, got "
+                             f"{self.repository_poll_interval_s!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {self.log_format!r}")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both tls_cert_file and tls_key_file, got "
+                             f"cert={self.tls_cert_file!s} key={self.tls_key_file!s}")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.repository_api_key and ":" not in self.repository_api_key:
+            raise ValueError("repository_api_key must look like 'header-name:secret', got "
+                             "a value without ':'")
+        if not self.model_repository.is_dir():
+            raise ValueError(f"model repository {str(self.model_repository)!r} is not a "
+                             "directory: pass --model-repository or SERVE_MODEL_REPOSITORY")
+
+
+def _check_port(name: str, value: int, allow_zero: bool) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= 65535:
+        raise ValueError(f"{name} must be in {low}..65535, got {value!r}")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# (field, type converter, help). Flags are the field names with dashes.
+_OPTIONS: tuple[tuple[str, object, str], ...] = (
+    ("model_repository", Path, "model repository folder (Triton layout)"),
+    ("grpc_host", str, "address the gRPC server binds"),
+    ("grpc_port", int, "gRPC port (0 picks a free one)"),
+    ("metrics_host", str, "address the Prometheus /metrics endpoint binds"),
+    ("metrics_port", int, "Prometheus port (0 switches metrics off)"),
+    ("intra_op_threads", int, "ONNX Runtime intra-op threads per model (0 = ORT default)"),
+    ("ort_spinning", _bool, "let ONNX Runtime pool threads busy-wait between runs"),
+    ("use_gpu", _bool, "use the CUDA execution provider when available"),
+    ("drain_timeout_s", float, "seconds to finish in-flight work after SIGTERM"),
+    ("max_message_bytes", int, "largest gRPC message accepted or sent"),
+    ("model_control_mode", str, "none | explicit | poll"),
+    ("repository_poll_interval_s", float, "seconds between repository scans in poll mode"),
+    ("startup_models", _csv, "comma-separated models to load at start in explicit mode"),
+    ("log_format", str, "text | json"),
+    ("log_level", str, "DEBUG | INFO | WARNING | ERROR"),
+    ("access_log", _bool, "log one line per request (never its payload)"),
+    ("tls_cert_file", Path, "PEM certificate chain: serve gRPC over TLS"),
+    ("tls_key_file", Path, "PEM private key for --tls-cert-file"),
+    ("tls_client_ca_file", Path, "PEM CA bundle: require client certificates (mutual TLS)"),
+    ("repository_api_key", str, "'header:secret' that repository load/unload callers must send"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="KServe v2 / Triton-protocol gRPC inference server for ONNX models. "
+                    "Every flag can also be set as SERVE_<FLAG_NAME> in the environment.")
+    for name, kind, help_text in _OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                            default=None, help=f"{help_text} (env SERVE_{name.upper()})")
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Flags, then ``SERVE_*`` environment variables, then defaults; validated."""
+    environ = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    converters = {name: kind for name, kind, _ in _OPTIONS}
+    values: dict[str, object] = {}
+    known = {f.name for f in fields(ServerConfig)}
+    for name, value in args.items():
+        if name not in known:
+            continue
+        if value is None:
+            env_value = environ.get("SERVE_" + name.upper())
+            if env_value is None:
+                continue
+            try:
+                value = converters[name](env_value)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise ValueError(f"SERVE_{name.upper()}={env_value!r}: {exc}") from None
+        values[name] = value
+    return ServerConfig(**values)

@@ -1,0 +1,230 @@
+"""One loaded model version: validates requests, feeds its batcher, keeps its stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.batcher import BatchTimes, Completed, DynamicBatcher
+from server.datatypes import V2_TO_NUMPY
+from server.errors import InvalidInputError, ModelLoadError, ServingError
+from server.model_config import ModelSpec, TensorSpec
+from server.preprocess import TEXT_PREPROCESSOR, TextPreprocessor, build_text_preprocessor
+from server.runtime import OnnxSession, RuntimeOptions
+from server.stats import ModelStats
+
+log = logging.getLogger("server.model")
+
+_NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slice of a request that joins a batch on its own: feeds, rows, merge key."""
+
+    feeds: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+
+
+class ModelVersion:
+    """A model version that serves: ONNX session, optional text pre-processing, batcher."""
+
+    def __init__(self, spec: ModelSpec, version: int, version_dir: Path,
+                 options: RuntimeOptions):
+        self.spec = spec
+        self.name = spec.name
+        self.version = version
+        self.label = f"{spec.name}:{version}"
+        self.stats = ModelStats()
+        started = time.monotonic()
+        self.session = OnnxSession(version_dir / spec.model_filename, options, self.label)
+        self._ort_inputs = {t.name: t.datatype for t in self.session.inputs}
+        self.preprocessor: TextPreprocessor | None = None
+        if TEXT_PREPROCESSOR in spec.parameters:
+            if len(spec.inputs) != 1 or spec.inputs[0].datatype != "BYTES":
+                raise ModelLoadError(f"{self.label}: a text pre-processor needs exactly one "
+                                     "BYTES input")
+            self.preprocessor = build_text_preprocessor(
+                spec.parameters, version_dir, spec.inputs[0].name, self._ort_inputs, self.label)
+        self._check_against_onnx()
+        self._output_names = tuple(t.name for t in spec.outputs)
+        self.output_datatypes = {t.name: t.datatype for t in spec.outputs}
+        self.batcher = DynamicBatcher(
+            self.label, self._run, max_batch_size=spec.max_batch_size,
+            max_queue_size=spec.batching.max_queue_size,
+            max_queue_delay_us=spec.batching.max_queue_delay_us,
+            preferred_batch_sizes=spec.batching.preferred_batch_sizes,
+            instances=spec.instance_count, on_batch=self._on_batch)
+        self._queue_timeout_s = spec.batching.default_timeout_us / 1e6
+        self.load_seconds = time.monotonic() - started
+
+    # ---- loading ----------------------------------------------------------------------
+    def _check_against_onnx(self) -> None:
+        """The config must describe the ONNX graph it ships with."""
+        ort_outputs = {t.name: t.datatype for t in self.session.outputs}
+        fed = {self.preprocessor.output_name} if self.preprocessor else {
+            t.name for t in self.spec.inputs}
+        for tensor in () if self.preprocessor else self.spec.inputs:
+            self._check_tensor(tensor, self._ort_inputs, "input")
+        for tensor in self.spec.outputs:
+            self._check_tensor(tensor, ort_outputs, "output")
+        missing = set(self._ort_inputs) - fed
+        if missing:
+            raise ModelLoadError(f"{self.label}: the ONNX graph also needs inputs "
+                                 f"{sorted(missing)} that config.pbtxt does not provide")
+
+    def _check_tensor(self, tensor: TensorSpec, onnx: dict[str, str], kind: str) -> None:
+        if tensor.name not in onnx:
+            raise ModelLoadError(f"{self.label}: config {kind} {tensor.name!r} is not in the "
+                                 f"ONNX graph, whose {kind}s are {sorted(onnx)}")
+        if onnx[tensor.name] != tensor.datatype:
+            raise ModelLoadError(f"{self.label}: config {kind} {tensor.name!r} is "
+                                 f"{tensor.datatype} but the ONNX graph has {onnx[tensor.name]}")
+
+    async def start(self) -> None:
+        """Warm every shape it will run, then start batching (before it reports ready)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.warmup)
+        await self.batcher.start()
+
+    def warmup(self) -> None:
+        for feeds in self._warmup_feeds():
+            self._run(feeds)
+
+    def _warmup_feeds(self):
+        sizes = ([0] if self.spec.max_batch_size == 0
+                 else range(self.spec.max_batch_size, 0, -1))
+        if self.preprocessor is not None:
+            # Every bucket at powers of two and the maximum: enough for ORT to size its
+            # arenas without hundreds of long BiLSTM runs at start-up.
+            sizes = [s for s in sizes if s & (s - 1) == 0 or s == self.spec.max_batch_size]
+            for shape in self.preprocessor.warmup_shapes():
+                for size in sizes:
+                    yield {self.preprocessor.output_name:
+                           np.zeros((size, *shape), self.preprocessor.dtype)}
+            return
+        for size in sizes:
+            yield {t.name: _zeros(t, size) for t in self.spec.inputs}
+
+    async def close(self, drain_timeout_s: float) -> None:
+        await self.batcher.close(drain_timeout_s)
+
+    # ---- serving ----------------------------------------------------------------------
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.session.run(feeds)
+
+    def _on_batch(self, times: BatchTimes) -> None:
+        self.stats.record_execution(times.rows, times.compute_input_s,
+                                    times.compute_infer_s, times.compute_output_s)
+
+    async def infer(self, inputs: dict[str, np.ndarray], outputs: tuple[str, ...] = (),
+                    deadline: float = math.inf) -> dict[str, np.ndarray]:
+        """Validate, queue, await. Returns the requested outputs (all when empty)."""
+        started = time.monotonic()
+        try:
+            wanted = self._requested(outputs)
+            parts = self.prepare(inputs)
+            futures: list[asyncio.Future] = []
+            try:
+                for part in parts:
+                    futures.append(self.batcher.submit(part.feeds, part.rows, part.key,
+                                                       deadline, self._queue_timeout_s))
+                done: list[Completed] = [await f for f in futures]
+            except BaseException:
+                _abandon(futures)
+                raise
+        except ServingError as exc:
+            self.stats.record_failure(time.monotonic() - started, exc.reason)
+            raise
+        except asyncio.CancelledError:
+            self.stats.record_failure(time.monotonic() - started, "cancelled")
+            raise
+        first = done[0]
+        self.stats.record_success(time.monotonic() - started, first.queue_s,
+                                  first.compute_input_s, first.compute_infer_s,
+                                  first.compute_output_s)
+        if len(done) == 1:
+            return {name: first.outputs[name] for name in wanted}
+        return {name: np.concatenate([d.outputs[name] for d in done]) for name in wanted}
+
+    def _requested(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        if not outputs:
+            return self._output_names
+        for name in outputs:
+            if name not in self._output_names:
+                raise InvalidInputError(f"model {self.name!r} has no output {name!r}; its "
+                                        f"outputs are {list(self._output_names)}")
+        return outputs
+
+    def prepare(self, inputs: dict[str, np.ndarray]) -> list[Part]:
+        """Check inputs against the config and turn them into batch parts."""
+        self._check_names(inputs)
+        rows = 0
+        for tensor in self.spec.inputs:
+            rows = self._check_input(tensor, inputs[tensor.name], rows)
+        if self.preprocessor is not None:
+            values = inputs[self.preprocessor.input_name]
+            name = self.preprocessor.output_name
+            return [Part({name: ids}, 1, (ids.shape[1],)) for ids in self.preprocessor.rows(values)]
+        feeds = {t.name: inputs[t.name] for t in self.spec.inputs}
+        key = tuple(value.shape[1:] for value in feeds.values())
+        return [Part(feeds, max(rows, 1), key)]
+
+    def _check_names(self, inputs: dict[str, np.ndarray]) -> None:
+        expected = [t.name for t in self.spec.inputs]
+        missing = [n for n in expected if n not in inputs]
+        extra = [n for n in inputs if n not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing {missing}")
+            if extra:
+                parts.append(f"unexpected {extra}")
+            raise InvalidInputError(f"model {self.name!r} inputs: {', '.join(parts)}; it "
+                                    f"takes exactly {expected}")
+
+    def _check_input(self, tensor: TensorSpec, value: np.ndarray, rows: int) -> int:
+        where = f"model {self.name!r} input {tensor.name!r}"
+        if value.dtype != tensor.numpy_dtype:
+            got = _NUMPY_TO_V2.get(value.dtype, str(value.dtype))
+            raise InvalidInputError(f"{where}: datatype {got}, expected {tensor.datatype}")
+        max_batch = self.spec.max_batch_size
+        dims = tensor.dims
+        shape = value.shape
+        expected = ([-1] if max_batch else []) + list(dims)
+        if len(shape) != len(expected) or any(
+                e != -1 and s != e for s, e in zip(shape, expected)):
+            raise InvalidInputError(f"{where}: shape {list(shape)}, expected {expected} "
+                                    "(-1 = any size)")
+        if max_batch:
+            if not 1 <= shape[0] <= max_batch:
+                raise InvalidInputError(f"{where}: batch size {shape[0]} is outside "
+                                        f"1..{max_batch} (max_batch_size)")
+            if rows and shape[0] != rows:
+                raise InvalidInputError(f"{where}: batch size {shape[0]} differs from the "
+                                        f"other inputs' {rows}")
+            return shape[0]
+        return 1
+
+
+def _abandon(futures: list[asyncio.Future]) -> None:
+    """Cancel the parts still queued so they never run; mark failed ones as seen."""
+    for future in futures:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+
+
+def _zeros(tensor: TensorSpec, batch: int) -> np.ndarray:
+    dims = tuple(1 if d == -1 else d for d in tensor.dims)
+    shape = ((batch,) if batch else ()) + dims
+    if tensor.datatype == "BYTES":
+        return np.full(shape, b"", dtype=object)
+    return np.zeros(shape, tensor.numpy_dtype)

@@ -1,0 +1,74 @@
+"""Pre-processing that turns a served input into the ONNX model's input.
+
+Today: raw text (BYTES, one UTF-8 document per row) -> token ids with the training
+tokenizer. Each row is padded to its *own* length bucket and becomes its own batch
+part, so a document scores the same whether it runs alone or beside long ones.
+Configured in config.pbtxt parameters:
+
+    parameters { key: "text_preprocessor" value { string_value: "tokenizer.json" } }
+    parameters { key: "text_preprocessor_output" value { string_value: "token_ids" } }
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import InvalidInputError, ModelLoadError
+from server.tokenizer import Tokenizer
+
+TEXT_PREPROCESSOR = "text_preprocessor"
+TEXT_PREPROCESSOR_OUTPUT = "text_preprocessor_output"
+
+
+@dataclass(frozen=True)
+class TextPreprocessor:
+    """BYTES input ``input_name`` -> int ids for ONNX input ``output_name``."""
+
+    tokenizer: Tokenizer
+    input_name: str
+    output_name: str
+    dtype: np.dtype
+
+    def rows(self, values: np.ndarray) -> list[np.ndarray]:
+        """One (1, bucket) id array per row of a [rows, 1] BYTES array."""
+        out = []
+        for index, value in enumerate(values.reshape(-1)):
+            try:
+                text = bytes(value).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(
+                    f"input {self.input_name!r} element {index} is not valid UTF-8 "
+                    f"({exc.reason} at byte {exc.start}); send UTF-8 encoded text") from None
+            ids = self.tokenizer.encode_padded(text)
+            out.append(ids.astype(self.dtype, copy=False).reshape(1, -1))
+        return out
+
+    def warmup_shapes(self) -> list[tuple[int, ...]]:
+        return [(bucket,) for bucket in self.tokenizer.config.buckets]
+
+
+def build_text_preprocessor(parameters: dict[str, str], version_dir: Path, input_name: str,
+                            onnx_inputs: dict[str, str], where: str) -> TextPreprocessor:
+    """Read the tokenizer files of one model version; check the ONNX input they feed."""
+    config_file = parameters[TEXT_PREPROCESSOR]
+    output_name = parameters.get(TEXT_PREPROCESSOR_OUTPUT, "")
+    if output_name not in onnx_inputs:
+        raise ModelLoadError(f"{where}: parameter {TEXT_PREPROCESSOR_OUTPUT}={output_name!r} "
+                             f"must name an ONNX input, one of {sorted(onnx_inputs)}")
+    if onnx_inputs[output_name] not in ("INT32", "INT64"):
+        raise ModelLoadError(f"{where}: ONNX input {output_name!r} is "
+                             f"{onnx_inputs[output_name]}; token ids need INT32 or INT64")
+    config_path = (version_dir / config_file)
+    if Path(config_file).name != config_file or not config_path.is_file():
+        raise ModelLoadError(f"{where}: {TEXT_PREPROCESSOR}={config_file!r} must be a file "
+                             f"name inside {version_dir}")
+    try:
+        tokenizer = Tokenizer.from_directory(version_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"{where}: cannot read the tokenizer in {version_dir}: "
+                             f"{exc}") from None
+    dtype = np.dtype(np.int32 if onnx_inputs[output_name] == "INT32" else np.int64)
+    return TextPreprocessor(tokenizer, input_name, output_name, dtype)

@@ -1,0 +1,244 @@
+"""The model repository: finds model folders, loads their versions, routes requests.
+
+Triton layout: ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/model.onnx``.
+A (re)load builds and warms the new versions off to the side and then swaps them in
+at once: requests already running finish on the old versions, which then drain and
+close. A failed load leaves what was serving in place and records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.errors import (ModelLoadError, ModelNotFoundError, ModelNotReadyError,
+                           RepositoryError, ServingError)
+from server.model import ModelVersion
+from server.model_config import CONFIG_FILE, read_model_config
+from server.runtime import RuntimeOptions
+
+log = logging.getLogger("server.repository")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    """Routing state of one model name: its serving versions and why it is not ready."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    state: str = UNAVAILABLE
+    reason: str = "not loaded"
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fingerprint: tuple = ()
+    load_failures: int = 0
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ModelRepository:
+    def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0):
+        self.root = root.resolve()
+        self._options = options
+        self._drain_timeout_s = drain_timeout_s
+        self._entries: dict[str, ModelEntry] = {}
+        self._retired: set[asyncio.Task] = set()
+        self.listeners: list = []  # callables(event, name, version, seconds, reason)
+
+    # ---- discovery --------------------------------------------------------------------
+    def model_dir(self, name: str) -> Path:
+        """The folder of model ``name``, refusing anything that leaves the repository."""
+        if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+            raise RepositoryError(f"model name {name!r} is not allowed: use letters, digits, "
+                                  "'_', '-' and '.', starting with a letter or digit")
+        path = self.root / name
+        resolved = path.resolve()
+        if resolved.parent != self.root:
+            raise RepositoryError(f"model {name!r} resolves outside the model repository; "
+                                  "symbolic links leading out are refused")
+        return path
+
+    def discover(self) -> list[str]:
+        """Model names: folders of the repository that hold a config.pbtxt."""
+        names = []
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and (child / CONFIG_FILE).is_file():
+                try:
+                    self.model_dir(child.name)
+                except RepositoryError as exc:
+                    log.warning("skipping %s: %s", child, exc)
+                    continue
+                names.append(child.name)
+        return names
+
+    def fingerprint(self, name: str) -> tuple:
+        """What a poll compares: the config's and every version folder's mtimes."""
+        path = self.model_dir(name)
+        try:
+            parts = [(CONFIG_FILE, (path / CONFIG_FILE).stat().st_mtime_ns)]
+            for child in sorted(path.iterdir()):
+                if child.is_dir() and child.name.isdigit():
+                    stamps = [f.stat().st_mtime_ns for f in child.iterdir() if f.is_file()]
+                    parts.append((child.name, child.stat().st_mtime_ns, max(stamps, default=0)))
+        except OSError:
+            return ()
+        return tuple(parts)
+
+    # ---- loading ----------------------------------------------------------------------
+    async def load(self, name: str) -> None:
+        """Load (or reload) every version the policy selects; swap in atomically."""
+        path = self.model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        async with entry.lock:
+            started = time.monotonic()
+            if not entry.versions:
+                entry.state, entry.reason = LOADING, "loading"
+            try:
+                new_versions = await self._load_versions(name, path)
+            except ServingError as exc:
+                entry.load_failures += 1
+                entry.reason = str(exc)
+                if not entry.versions:
+                    entry.state = UNAVAILABLE
+                log.error("model %s failed to load (%s): %s", name,
+                          "previous versions keep serving" if entry.versions else "not serving",
+                          exc)
+                self._notify("load_failed", name, "", time.monotonic() - started, str(exc))
+                raise
+            old = entry.versions
+            entry.versions = new_versions  # the atomic switch
+            entry.state, entry.reason = READY, ""
+            entry.fingerprint = self.fingerprint(name)
+            for version in new_versions.values():
+                log.info("model %s version %d ready on %s in %.2f s (providers %s)", name,
+                         version.version, version.session.device, version.load_seconds,
+                         ",".join(version.session.providers))
+                self._notify("loaded", name, str(version.version), version.load_seconds, "")
+            self._retire(old.values())
+
+    async def _load_versions(self, name: str, path: Path) -> dict[int, ModelVersion]:
+        loop = asyncio.get_running_loop()
+        spec = await loop.run_in_executor(None, read_model_config, path)
+        available = [int(c.name) for c in path.iterdir()
+                     if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()]
+        chosen = spec.version_policy.select(available)
+        if not chosen:
+            raise ModelLoadError(f"model {name!r}: no version folder with "
+                                 f"{spec.model_filename} matches version policy "
+                                 f"{spec.version_policy.kind} (found versions "
+                                 f"{sorted(available)})")
+        loaded: dict[int, ModelVersion] = {}
+        try:
+            for number in chosen:
+                version = await loop.run_in_executor(
+                    None, ModelVersion, spec, number, path / str(number), self._options)
+                await version.start()
+                loaded[number] = version
+        except BaseException:
+            self._retire(loaded.values())
+            raise
+        return loaded
+
+    async def unload(self, name: str) -> None:
+        entry = self._entries.get(name)
+        if entry is None or not entry.versions:
+            self.model_dir(name)  # the same name checks as load
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        async with entry.lock:
+            old = entry.versions
+            entry.versions = {}
+            entry.state, entry.reason = UNAVAILABLE, "unloaded"
+            self._retire(old.values())
+
+    def _retire(self, versions) -> None:
+        """Drain and close replaced versions in the background (in-flight work finishes)."""
+        for version in list(versions):
+            task = asyncio.get_running_loop().create_task(self._close(version))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _close(self, version: ModelVersion) -> None:
+        await version.close(self._drain_timeout_s)
+        log.info("model %s version %d unloaded", version.name, version.version)
+        self._notify("unloaded", version.name, str(version.version), 0.0, "")
+
+    async def close(self) -> None:
+        """Drain every model (bounded by the drain timeout) and close everything."""
+        for entry in self._entries.values():
+            self._retire(entry.versions.values())
+            entry.versions = {}
+            entry.state, entry.reason = UNAVAILABLE, "server shutting down"
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+    def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
+        for listener in self.listeners:
+            listener(event, name, version, seconds, reason)
+
+    # ---- routing ----------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve: the newest loaded one when ``version`` is empty."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"unknown model {name!r}; the repository index lists "
+                                     "the models served")
+        if not entry.versions:
+            raise ModelNotReadyError(f"model {name!r} is not ready: {entry.reason}")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        try:
+            return entry.versions[int(version)]
+        except (ValueError, KeyError):
+            raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r}; "
+                                     f"loaded versions are {sorted(entry.versions)}") from None
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return self._entries.get(name)
+
+    def loaded_versions(self) -> list[ModelVersion]:
+        return [v for e in self._entries.values() for v in e.versions.values()]
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        return bool(self._entries) and all(e.versions for e in self._entries.values())
+
+    def not_ready_reasons(self) -> list[str]:
+        if not self._entries:
+            return [f"no model in {self.root} has loaded"]
+        return [f"{e.name}: {e.reason}" for e in self._entries.values() if not e.versions]
+
+    def index(self, ready_only: bool = False) -> list[IndexRow]:
+        rows = []
+        names = set(self._entries)
+        try:
+            names.update(self.discover())
+        except OSError:
+            pass
+        for name in sorted(names):
+            entry = self._entries.get(name)
+            if entry is not None and entry.versions:
+                rows += [IndexRow(name, str(v), READY, "") for v in sorted(entry.versions)]
+            elif not ready_only:
+                state = entry.state if entry else UNAVAILABLE
+                reason = entry.reason if entry else "not loaded"
+                rows.append(IndexRow(name, "", state, reason))
+        return rows

@@ -1,0 +1,1 @@
+"""gRPC transport: wire <-> domain conversion, status mapping, servicers, server assembly."""

@@ -1,0 +1,149 @@
+"""KServe v2 tensors on the wire <-> numpy arrays.
+
+Fixed-size datatypes decode with ``np.frombuffer`` (no per-element Python work).
+BYTES elements, raw form: a 4-byte little-endian length, then the bytes, per element.
+Every size is checked before any array is built, so a lying request gets a clear
+INVALID_ARGUMENT instead of a huge allocation or a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from server.datatypes import V2_TO_NUMPY
+from server.errors import InvalidInputError
+from server.protocol import grpc_service_pb2 as pb
+
+# Typed ``contents`` field for each datatype (Triton's mapping; FP16 only travels raw).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+_MAX_ELEMENTS = 1 << 31
+_LENGTH = struct.Struct("<I")
+
+
+def element_count(name: str, shape) -> int:
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise InvalidInputError(f"input {name!r}: shape {list(shape)} has a negative "
+                                    "dimension")
+        count *= dim
+        if count > _MAX_ELEMENTS:
+            raise InvalidInputError(f"input {name!r}: shape {list(shape)} is too large "
+                                    f"(over {_MAX_ELEMENTS} elements)")
+    return count
+
+
+def request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
+    """Decode every input of a request into a numpy array of its declared shape."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
+                                f"{len(request.inputs)} inputs; send raw data for every "
+                                "input or for none")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if name in arrays:
+            raise InvalidInputError(f"input {name!r} appears more than once")
+        dtype = V2_TO_NUMPY.get(tensor.datatype)
+        if dtype is None:
+            raise InvalidInputError(f"input {name!r}: unknown datatype {tensor.datatype!r}; "
+                                    f"expected one of {sorted(V2_TO_NUMPY)}")
+        shape = tuple(tensor.shape)
+        count = element_count(name, shape)
+        if raw:
+            arrays[name] = _from_raw(name, tensor.datatype, dtype, shape, count, raw[index])
+        else:
+            arrays[name] = _from_contents(name, tensor, dtype, shape, count)
+    return arrays
+
+
+def _from_raw(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
+    if datatype == "BYTES":
+        return decode_bytes(name, data, count).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidInputError(f"input {name!r}: {len(data)} bytes of raw data, expected "
+                                f"{expected} ({count} {datatype} elements of shape "
+                                f"{list(shape)})")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _from_contents(name, tensor, dtype, shape, count) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(f"input {name!r}: {tensor.datatype} data must be sent in "
+                                "raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(f"input {name!r}: {len(values)} values in contents.{field}, "
+                                f"expected {count} for shape {list(shape)}")
+    if tensor.datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    try:
+        return np.asarray(values, dtype=dtype).reshape(shape)
+    except OverflowError:
+        raise InvalidInputError(f"input {name!r}: a value in contents.{field} does not fit "
+                                f"{tensor.datatype}") from None
+
+
+def decode_bytes(name: str, data: bytes, count: int) -> np.ndarray:
+    """Length-prefixed BYTES elements -> object array of ``bytes``; lengths must add up."""
+    out = np.empty(count, dtype=object)
+    view = memoryview(data)
+    offset = 0
+    size = len(data)
+    for index in range(count):
+        if offset + 4 > size:
+            raise InvalidInputError(f"input {name!r}: raw BYTES data ends before element "
+                                    f"{index} of {count} (each element is a 4-byte "
+                                    "little-endian length, then the bytes)")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > size:
+            raise InvalidInputError(f"input {name!r}: BYTES element {index} claims {length} "
+                                    f"bytes but only {size - offset} remain")
+        out[index] = bytes(view[offset:offset + length])
+        offset += length
+    if offset != size:
+        raise InvalidInputError(f"input {name!r}: {size - offset} bytes left over after "
+                                f"{count} BYTES elements")
+    return out
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for value in array.reshape(-1):
+        item = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        parts.append(_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
+    return tuple(o.name for o in request.outputs)
+
+
+def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
+                   outputs: dict[str, np.ndarray],
+                   datatypes: dict[str, str]) -> pb.ModelInferResponse:
+    """Always answer in raw_output_contents: tritonclient and perf_analyzer read only that."""
+    response = pb.ModelInferResponse(model_name=model_name, model_version=str(version),
+                                     id=request.id)
+    for name, value in outputs.items():
+        datatype = datatypes[name]
+        response.outputs.add(name=name, datatype=datatype, shape=value.shape)
+        if datatype == "BYTES":
+            response.raw_output_contents.append(encode_bytes(value))
+        else:
+            response.raw_output_contents.append(np.ascontiguousarray(value).tobytes())
+    return response

@@ -1,0 +1,223 @@
+"""GRPCInferenceService: translates wire <-> domain, nothing more.
+
+Every handler converts the request, calls the repository or model, converts back.
+Domain errors become a status code (``status.status_for``) and a message; anything
+else is logged with its traceback and answered INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import grpc
+
+from server import __version__
+from server.errors import (InternalError, ModelControlDisabledError, PermissionDeniedError,
+                           ServerDrainingError, ServingError)
+from server.model import ModelVersion
+from server.protocol import grpc_service_pb2 as pb
+from server.protocol import grpc_service_pb2_grpc as pb_grpc
+from server.repository import ModelRepository
+from server.transport import convert
+from server.transport.status import status_for
+from server.transport.statistics import statistics_response
+
+log = logging.getLogger("server.grpc")
+access_log = logging.getLogger("server.access")
+
+EXTENSIONS = ("model_configuration", "statistics", "model_repository",
+              "model_repository(unload_dependents)", "schedule_policy")
+
+
+class Lifecycle:
+    """Whether the server takes new work: false from SIGTERM on."""
+
+    def __init__(self) -> None:
+        self.accepting = False
+        self.draining = False
+
+    def check(self) -> None:
+        if self.draining:
+            raise ServerDrainingError("the server is shutting down; retry on another replica")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repository: ModelRepository, lifecycle: Lifecycle, *,
+                 model_control_mode: str, repository_api_key: str = "",
+                 access_log_enabled: bool = False, observer=None):
+        self._repo = repository
+        self._life = lifecycle
+        self._control = model_control_mode
+        self._api_header, _, self._api_secret = repository_api_key.partition(":")
+        self._api_header = self._api_header.lower()
+        self._access = access_log_enabled
+        # observer(model, version, outcome, seconds) -> metrics; None = off.
+        self._observe = observer
+
+    # ---- health and metadata ----------------------------------------------------------
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        ready = self._life.accepting and not self._life.draining and self._repo.all_ready()
+        return pb.ServerReadyResponse(ready=ready)
+
+    async def ModelReady(self, request, context):
+        ready = not self._life.draining and self._repo.is_ready(request.name, request.version)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="onnx-serve", version=__version__,
+                                         extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        try:
+            model = self._repo.get(request.name, request.version)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        entry = self._repo.entry(model.name)
+        spec = model.spec
+        batch = [-1] if spec.max_batch_size else []
+        response = pb.ModelMetadataResponse(
+            name=model.name, platform=spec.proto.platform or "onnxruntime_onnx",
+            versions=[str(v) for v in sorted(entry.versions)] if entry else [str(model.version)])
+        for tensor in spec.inputs:
+            response.inputs.add(name=tensor.name, datatype=tensor.datatype,
+                                shape=batch + list(tensor.dims))
+        for tensor in spec.outputs:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                 shape=batch + list(tensor.dims))
+        return response
+
+    async def ModelConfig(self, request, context):
+        try:
+            model = self._repo.get(request.name, request.version)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.ModelConfigResponse(config=model.spec.proto)
+
+    async def ModelStatistics(self, request, context):
+        try:
+            return statistics_response(self._repo, request.name, request.version)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+
+    # ---- inference --------------------------------------------------------------------
+    async def ModelInfer(self, request, context):
+        started = time.monotonic()
+        model = None
+        try:
+            self._life.check()
+            model = self._repo.get(request.model_name, request.model_version)
+            response = await self._infer(model, request, context.time_remaining())
+        except ServingError as exc:
+            self._record(request, model, type(exc).__name__, started, exc)
+            return await self._fail(context, exc)
+        except Exception:
+            log.exception("ModelInfer %s failed unexpectedly", request.model_name[:100])
+            exc = InternalError("internal error; see the server log")
+            self._record(request, model, "InternalError", started, exc)
+            return await self._fail(context, exc)
+        self._record(request, model, "OK", started, None)
+        return response
+
+    async def _infer(self, model: ModelVersion, request, remaining) -> pb.ModelInferResponse:
+        deadline = math.inf if remaining is None else time.monotonic() + remaining
+        try:
+            inputs = convert.request_inputs(request)
+        except ServingError as exc:
+            model.stats.record_failure(0.0, exc.reason)
+            raise
+        outputs = await model.infer(inputs, convert.requested_outputs(request), deadline)
+        return convert.infer_response(request, model.name, model.version, outputs,
+                                      model.output_datatypes)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests run concurrently (so they batch); responses stream back as they finish."""
+        responses: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def one(request) -> None:
+            try:
+                self._life.check()
+                model = self._repo.get(request.model_name, request.model_version)
+                reply = await self._infer(model, request, context.time_remaining())
+                await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
+            except ServingError as exc:
+                await responses.put(pb.ModelStreamInferResponse(
+                    error_message=f"{status_for(exc).name}: {exc}",
+                    infer_response=pb.ModelInferResponse(id=request.id)))
+            except Exception:
+                log.exception("ModelStreamInfer request failed unexpectedly")
+                await responses.put(pb.ModelStreamInferResponse(
+                    error_message="INTERNAL: internal error; see the server log",
+                    infer_response=pb.ModelInferResponse(id=request.id)))
+
+        async def read() -> None:
+            async for request in request_iterator:
+                task = asyncio.get_running_loop().create_task(one(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            await responses.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    # ---- repository -------------------------------------------------------------------
+    async def RepositoryIndex(self, request, context):
+        response = pb.RepositoryIndexResponse()
+        for row in self._repo.index(ready_only=request.ready):
+            response.models.add(name=row.name, version=row.version, state=row.state,
+                                reason=row.reason)
+        return response
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            self._check_control(context, "load")
+            await self._repo.load(request.model_name)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            self._check_control(context, "unload")
+            await self._repo.unload(request.model_name)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_control(self, context, action: str) -> None:
+        if self._api_secret:
+            sent = dict(context.invocation_metadata() or ()).get(self._api_header)
+            if sent != self._api_secret:
+                raise PermissionDeniedError(f"repository {action} is restricted: send the "
+                                            f"'{self._api_header}' header with the key")
+        if self._control != "explicit":
+            raise ModelControlDisabledError(
+                f"model {action} over gRPC needs --model-control-mode explicit (this server "
+                f"runs in {self._control!r} mode)")
+
+    # ---- helpers ----------------------------------------------------------------------
+    async def _fail(self, context, exc: ServingError):
+        await context.abort(status_for(exc), str(exc))
+
+    def _record(self, request, model, outcome: str, started: float, exc) -> None:
+        seconds = time.monotonic() - started
+        if self._observe is not None:
+            self._observe(request.model_name, model, exc, seconds)
+        if self._access:
+            access_log.info("ModelInfer model=%s version=%s id=%s status=%s ms=%.3f",
+                            request.model_name[:100], request.model_version[:20],
+                            request.id[:64], outcome, seconds * 1e3)
