@@ -23,7 +23,8 @@ class ServerConfig:
     grpc_host: str = "0.0.0.0"
     grpc_port: int = 8001
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 8002  # 0 switches the metrics endpoint off
+    metrics_port: int = 8002  # 0 lets the OS pick a free port (logged at start)
+    metrics_enabled: bool = True  # serve Prometheus /metrics on metrics_host:metrics_port
     # ONNX Runtime threads per model. 0 lets ORT choose; on small machines a fixed
     # count that leaves the gRPC thread room is faster (measure with `make bench`).
     intra_op_threads: int = 0
@@ -102,7 +103,8 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("grpc_host", str, "address the gRPC server binds"),
     ("grpc_port", int, "gRPC port (0 picks a free one)"),
     ("metrics_host", str, "address the Prometheus /metrics endpoint binds"),
-    ("metrics_port", int, "Prometheus port (0 switches metrics off)"),
+    ("metrics_port", int, "Prometheus port (0 picks a free one)"),
+    ("metrics_enabled", _bool, "serve Prometheus /metrics (false switches it off)"),
     ("intra_op_threads", int, "ONNX Runtime intra-op threads per model (0 = ORT default)"),
     ("ort_spinning", _bool, "let ONNX Runtime pool threads busy-wait between runs"),
     ("use_gpu", _bool, "use the CUDA execution provider when available"),
