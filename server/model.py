@@ -127,9 +127,12 @@ class ModelVersion:
                     deadline: float = math.inf) -> dict[str, np.ndarray]:
         """Validate, queue, await. Returns the requested outputs (all when empty)."""
         started = time.monotonic()
+        self.stats.in_flight += 1
         try:
             wanted = self._requested(outputs)
             parts = self.prepare(inputs)
+            # Tokenizing time, for the text models that do any.
+            preprocess_s = None if self.preprocessor is None else time.monotonic() - started
             futures: list[asyncio.Future] = []
             try:
                 for part in parts:
@@ -145,10 +148,12 @@ class ModelVersion:
         except asyncio.CancelledError:
             self.stats.record_failure(time.monotonic() - started, "cancelled")
             raise
+        finally:
+            self.stats.in_flight -= 1
         first = done[0]
         self.stats.record_success(time.monotonic() - started, first.queue_s,
                                   first.compute_input_s, first.compute_infer_s,
-                                  first.compute_output_s)
+                                  first.compute_output_s, preprocess_s)
         if len(done) == 1:
             return {name: first.outputs[name] for name in wanted}
         return {name: np.concatenate([d.outputs[name] for d in done]) for name in wanted}

@@ -9,6 +9,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StatsListener(Protocol):
+    """A second view fed on the hot path (Prometheus histograms); must be cheap."""
+
+    def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None: ...
+
+    def on_execution(self, rows: int, compute_infer_s: float) -> None: ...
 
 
 @dataclass
@@ -43,15 +52,25 @@ class ModelStats:
     last_inference_ms: int = 0
     failures: Counter = field(default_factory=Counter)  # reason -> count
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
+    # Server-side pre-processing (tokenizing) of successful requests; not in Triton's
+    # statistics message, exported as a metric only.
+    preprocess: Duration = field(default_factory=Duration)
+    in_flight: int = 0  # requests inside ModelVersion.infer right now
+    listener: StatsListener | None = field(default=None, repr=False, compare=False)
 
     def record_success(self, total_s: float, queue_s: float, compute_input_s: float,
-                       compute_infer_s: float, compute_output_s: float) -> None:
+                       compute_infer_s: float, compute_output_s: float,
+                       preprocess_s: float | None = None) -> None:
         self.success.add(total_s)
         self.queue.add(queue_s)
         self.compute_input.add(compute_input_s)
         self.compute_infer.add(compute_infer_s)
         self.compute_output.add(compute_output_s)
+        if preprocess_s is not None:
+            self.preprocess.add(preprocess_s)
         self.last_inference_ms = int(time.time() * 1000)
+        if self.listener is not None:
+            self.listener.on_success(total_s, queue_s, preprocess_s)
 
     def record_failure(self, total_s: float, reason: str) -> None:
         self.fail.add(total_s)
@@ -67,3 +86,5 @@ class ModelStats:
         per_size.compute_input.add(compute_input_s)
         per_size.compute_infer.add(compute_infer_s)
         per_size.compute_output.add(compute_output_s)
+        if self.listener is not None:
+            self.listener.on_execution(rows, compute_infer_s)
