@@ -39,6 +39,7 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fingerprint: tuple = ()
     load_failures: int = 0
+    wanted: bool = False  # asked to serve (loaded, or a load was attempted); unload clears
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,11 @@ class IndexRow:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0):
+    def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0,
+                 require_models: bool = True):
         self.root = root.resolve()
+        # Ready needs at least one model unless the operator loads models explicitly.
+        self._require_models = require_models
         self._options = options
         self._drain_timeout_s = drain_timeout_s
         self._entries: dict[str, ModelEntry] = {}
@@ -103,7 +107,11 @@ class ModelRepository:
         path = self.model_dir(name)
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
+            entry.wanted = True
             started = time.monotonic()
+            # Taken before reading the files: a change during the load is seen next poll.
+            fingerprint = self.fingerprint(name)
+            entry.fingerprint = fingerprint
             if not entry.versions:
                 entry.state, entry.reason = LOADING, "loading"
             try:
@@ -121,7 +129,7 @@ class ModelRepository:
             old = entry.versions
             entry.versions = new_versions  # the atomic switch
             entry.state, entry.reason = READY, ""
-            entry.fingerprint = self.fingerprint(name)
+            entry.fingerprint = fingerprint
             for version in new_versions.values():
                 log.info("model %s version %d ready on %s in %.2f s (providers %s)", name,
                          version.version, version.session.device, version.load_seconds,
@@ -143,9 +151,11 @@ class ModelRepository:
         loaded: dict[int, ModelVersion] = {}
         try:
             for number in chosen:
+                started = time.monotonic()
                 version = await loop.run_in_executor(
                     None, ModelVersion, spec, number, path / str(number), self._options)
                 await version.start()
+                version.load_seconds = time.monotonic() - started  # warm-up included
                 loaded[number] = version
         except BaseException:
             self._retire(loaded.values())
@@ -160,6 +170,7 @@ class ModelRepository:
         async with entry.lock:
             old = entry.versions
             entry.versions = {}
+            entry.wanted = False
             entry.state, entry.reason = UNAVAILABLE, "unloaded"
             self._retire(old.values())
 
@@ -183,6 +194,26 @@ class ModelRepository:
             entry.state, entry.reason = UNAVAILABLE, "server shutting down"
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
+
+    async def poll(self) -> None:
+        """One repository scan: load new or changed models, unload removed ones.
+
+        A model whose files did not change since its last attempt is left alone, so a
+        broken model is not retried (and logged) on every scan.
+        """
+        present = set(self.discover())
+        for name in sorted(present):
+            entry = self._entries.get(name)
+            if entry is not None and entry.fingerprint == self.fingerprint(name):
+                continue
+            try:
+                await self.load(name)
+            except ServingError:
+                pass  # logged and recorded by load()
+        for name, entry in list(self._entries.items()):
+            if name not in present and entry.versions:
+                log.info("model %s left the repository; unloading", name)
+                await self.unload(name)
 
     def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
         for listener in self.listeners:
@@ -219,12 +250,17 @@ class ModelRepository:
         return True
 
     def all_ready(self) -> bool:
-        return bool(self._entries) and all(e.versions for e in self._entries.values())
+        """Every model asked for serves (and, unless explicit control, there is one)."""
+        wanted = [e for e in self._entries.values() if e.wanted]
+        if self._require_models and not wanted:
+            return False
+        return all(e.versions for e in wanted)
 
     def not_ready_reasons(self) -> list[str]:
-        if not self._entries:
-            return [f"no model in {self.root} has loaded"]
-        return [f"{e.name}: {e.reason}" for e in self._entries.values() if not e.versions]
+        wanted = [e for e in self._entries.values() if e.wanted]
+        if self._require_models and not wanted:
+            return [f"the repository {self.root} holds no model folder with a config.pbtxt"]
+        return [f"{e.name}: {e.reason}" for e in wanted if not e.versions]
 
     def index(self, ready_only: bool = False) -> list[IndexRow]:
         rows = []
@@ -237,6 +273,9 @@ class ModelRepository:
             entry = self._entries.get(name)
             if entry is not None and entry.versions:
                 rows += [IndexRow(name, str(v), READY, "") for v in sorted(entry.versions)]
+                if entry.reason:  # a failed reload: old versions serve, say why
+                    rows[-1] = IndexRow(name, rows[-1].version, READY,
+                                        f"serving the previous load; {entry.reason}")
             elif not ready_only:
                 state = entry.state if entry else UNAVAILABLE
                 reason = entry.reason if entry else "not loaded"

@@ -60,7 +60,8 @@ def _server_credentials(config: ServerConfig):
 async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     options = RuntimeOptions(intra_op_threads=config.intra_op_threads,
                              spinning=config.ort_spinning, use_gpu=config.use_gpu)
-    repository = ModelRepository(config.model_repository, options, config.drain_timeout_s)
+    repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
+                                 require_models=config.model_control_mode != "explicit")
     lifecycle = Lifecycle()
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -135,5 +136,22 @@ async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
     await start(running)
     if on_started is not None:
         on_started(running)
+    poller = None
+    if config.model_control_mode == "poll":
+        poller = loop.create_task(_poll_forever(running))
     await running.stop_event.wait()
+    if poller is not None:
+        poller.cancel()
+        await asyncio.gather(poller, return_exceptions=True)
     await drain_and_stop(running)
+
+
+async def _poll_forever(running: RunningServer) -> None:
+    interval = running.config.repository_poll_interval_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await running.repository.poll()
+        except Exception:  # a scan must never take the server down
+            log.exception("repository poll failed")
+        await running.set_serving(running.repository.all_ready())
