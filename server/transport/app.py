@@ -129,7 +129,17 @@ async def drain_and_stop(running: RunningServer) -> None:
 
 async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
+    metrics = None
+    if config.metrics_enabled:
+        from server.metrics import ServerMetrics
+        metrics = ServerMetrics()
+        observer = metrics.observe if observer is None else _both(metrics.observe, observer)
     running = await build_server(config, observer)
+    if metrics is not None:
+        # Before the models load: their load events feed the metrics, and the endpoint
+        # answers (server_ready 0) while they warm up.
+        metrics.attach(running)
+        metrics.start_http(config.metrics_host, config.metrics_port)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
@@ -144,6 +154,15 @@ async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
         poller.cancel()
         await asyncio.gather(poller, return_exceptions=True)
     await drain_and_stop(running)
+    if metrics is not None:
+        metrics.stop_http()
+
+
+def _both(first, second):
+    def observe(*args) -> None:
+        first(*args)
+        second(*args)
+    return observe
 
 
 async def _poll_forever(running: RunningServer) -> None:
