@@ -1,0 +1,323 @@
+"""Prometheus metrics on ``/metrics`` (prometheus-client, one dedicated registry).
+
+Counters (requests by outcome, inferences, executions) are *not* kept twice: a custom
+collector reads the same ``server.stats.ModelStats`` numbers that ModelStatistics
+answers from, at scrape time, so the two views always agree. The snapshot is taken on
+the event loop thread (where the counters change), so one scrape is self-consistent.
+
+Latency and batch-size histograms are observed on the hot path through the
+``ModelStats.listener`` hook, with their label children bound once per model version.
+Requests that never reached a model (unknown name, not loaded, draining) are counted
+here from the servicer's observer, under ``model=""`` unless the name is one the
+repository knows, so random names cannot create unbounded label sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+from prometheus_client import (CollectorRegistry, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector, start_http_server)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger("server.metrics")
+
+PREFIX = "onnxserve"
+NO_MODEL = ""  # model label of requests naming no model the repository knows
+# 100 us .. 10 s: the CNN runs in well under a millisecond, a queue can take seconds.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_LABELS = ("model", "version")
+_SNAPSHOT_TIMEOUT_S = 5.0
+
+
+class VersionHistograms:
+    """``ModelStats.listener`` of one model version: pre-bound histogram children."""
+
+    __slots__ = ("_request", "_queue", "_preprocess", "_compute", "_batch")
+
+    def __init__(self, metrics: "ServerMetrics", labels: tuple[str, str], preprocesses: bool):
+        self._request = metrics.request_seconds.labels(*labels)
+        self._queue = metrics.queue_seconds.labels(*labels)
+        # Only models that pre-process get that series (absent, not zero, for the rest).
+        self._preprocess = metrics.preprocess_seconds.labels(*labels) if preprocesses else None
+        self._compute = metrics.compute_seconds.labels(*labels)
+        self._batch = metrics.batch_size.labels(*labels)
+
+    def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None:
+        self._request.observe(total_s)
+        self._queue.observe(queue_s)
+        if preprocess_s is not None and self._preprocess is not None:
+            self._preprocess.observe(preprocess_s)
+
+    def on_execution(self, rows: int, compute_infer_s: float) -> None:
+        self._batch.observe(rows)
+        self._compute.observe(compute_infer_s)
+
+
+@dataclass(frozen=True)
+class VersionSnapshot:
+    name: str
+    version: str
+    success: int
+    failures: dict[str, int]
+    inferences: int
+    executions: int
+    queue_depth: int
+    executing: int
+    in_flight: int
+    load_seconds: float
+    last_inference_ms: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    versions: list[VersionSnapshot] = field(default_factory=list)
+    readiness: list[tuple[str, str, bool]] = field(default_factory=list)
+    load_failures: dict[str, int] = field(default_factory=dict)
+    unrouted: dict[tuple[str, str], int] = field(default_factory=dict)
+    server_ready: bool = False
+
+
+class ServerMetrics:
+    """Owns the registry, the histograms and the scrape-time collectors."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets=LATENCY_BUCKETS) -> Histogram:
+            return Histogram(f"{PREFIX}_{name}", doc, _LABELS, buckets=buckets,
+                             registry=self.registry)
+
+        self.request_seconds = histogram(
+            "request_duration_seconds", "Time in the model of successful requests: "
+            "validation, pre-processing, queue and compute")
+        self.queue_seconds = histogram(
+            "queue_duration_seconds", "Time successful requests waited in the batch queue")
+        self.preprocess_seconds = histogram(
+            "preprocess_duration_seconds", "Server-side pre-processing (tokenizing) of "
+            "successful requests, for models that have any")
+        self.compute_seconds = histogram(
+            "compute_duration_seconds", "ONNX Runtime run time per execution (batch)")
+        self.batch_size = histogram(
+            "batch_size", "Rows per execution (batch)", BATCH_BUCKETS)
+        self._unrouted: Tally = Tally()  # (model label, reason) -> count; event loop only
+        self._running = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = None
+        self.registry.register(_ModelCollector(self))
+        gpu = gpu_collector()
+        if gpu is not None:
+            self.registry.register(gpu)
+
+    # ---- wiring -----------------------------------------------------------------------
+    def attach(self, running) -> None:
+        """Follow a RunningServer (before its models load): listeners, snapshot loop."""
+        self._running = running
+        self._loop = asyncio.get_running_loop()
+        running.repository.listeners.append(self._on_repository_event)
+
+    def start_http(self, host: str, port: int) -> int:
+        """Serve /metrics in a daemon thread; returns the bound port (0 = OS picks)."""
+        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        bound = self._http.server_address[1]
+        log.info("metrics listening on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop_http(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    # ---- hooks (event loop thread) -----------------------------------------------------
+    def observe(self, model_name: str, model, exc, seconds: float) -> None:
+        """The servicer's per-request observer: counts requests that reached no model.
+
+        Requests that reached a model version are already in its ModelStats.
+        """
+        if model is not None or exc is None:
+            return
+        known = self._running is not None and self._running.repository.entry(model_name)
+        self._unrouted[(model_name if known else NO_MODEL, exc.reason)] += 1
+
+    def _on_repository_event(self, event: str, name: str, version: str, seconds: float,
+                             reason: str) -> None:
+        repository = self._running.repository
+        if event == "loaded":
+            # A reload of the same version starts from zero, like its ModelStats.
+            self._remove_children((name, version))
+            model = repository.get(name, version)
+            model.stats.listener = VersionHistograms(self, (name, version),
+                                                     model.preprocessor is not None)
+        elif event == "unloaded" and not repository.is_ready(name, version):
+            self._remove_children((name, version))
+
+    def _remove_children(self, labels: tuple[str, str]) -> None:
+        for histogram in (self.request_seconds, self.queue_seconds, self.preprocess_seconds,
+                          self.compute_seconds, self.batch_size):
+            try:
+                histogram.remove(*labels)
+            except KeyError:
+                pass
+
+    # ---- scrape (HTTP thread) ----------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Counters as of one instant, read on the event loop thread that changes them."""
+        loop = self._loop
+        if self._running is None or loop is None or loop.is_closed():
+            return Snapshot()
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def take() -> None:
+            try:
+                result.set_result(self._take_snapshot())
+            except BaseException as exc:  # surfaces in the scrape as an HTTP 500
+                result.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(take)
+        except RuntimeError:  # the loop has stopped: shutting down
+            return Snapshot()
+        return result.result(timeout=_SNAPSHOT_TIMEOUT_S)
+
+    def _take_snapshot(self) -> Snapshot:
+        running = self._running
+        repository = running.repository
+        versions = [VersionSnapshot(
+            name=v.name, version=str(v.version), success=v.stats.success.count,
+            failures=dict(v.stats.failures), inferences=v.stats.inference_count,
+            executions=v.stats.execution_count, queue_depth=v.batcher.queue_depth,
+            executing=v.batcher.executing, in_flight=v.stats.in_flight,
+            load_seconds=v.load_seconds, last_inference_ms=v.stats.last_inference_ms)
+            for v in repository.loaded_versions()]
+        readiness = [(row.name, row.version, row.state == "READY")
+                     for row in repository.index()]
+        failures = {}
+        for name, _, _ in readiness:
+            entry = repository.entry(name)
+            if entry is not None:
+                failures[name] = entry.load_failures
+        life = running.lifecycle
+        ready = life.accepting and not life.draining and repository.all_ready()
+        return Snapshot(versions, readiness, failures, dict(self._unrouted), ready)
+
+
+class _ModelCollector:
+    """Scrape-time families read from ModelStats and the repository."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self._metrics = metrics
+
+    def describe(self):
+        return list(self._families(Snapshot()))
+
+    def collect(self):
+        return self._families(self._metrics.snapshot())
+
+    def _families(self, snap: Snapshot):
+        labels = list(_LABELS)
+        requests = CounterMetricFamily(
+            f"{PREFIX}_requests", "Inference requests by outcome: success or the failure "
+            "reason", labels=labels + ["outcome"])
+        inferences = CounterMetricFamily(
+            f"{PREFIX}_inferences", "Rows (batch elements) inferred", labels=labels)
+        executions = CounterMetricFamily(
+            f"{PREFIX}_executions", "Model executions (batches run)", labels=labels)
+        queue = GaugeMetricFamily(
+            f"{PREFIX}_queue_depth", "Requests waiting in the batch queue", labels=labels)
+        running = GaugeMetricFamily(
+            f"{PREFIX}_executions_in_flight", "Batches running in ONNX Runtime now",
+            labels=labels)
+        in_flight = GaugeMetricFamily(
+            f"{PREFIX}_requests_in_flight", "Requests inside the model (queued or running)",
+            labels=labels)
+        load = GaugeMetricFamily(
+            f"{PREFIX}_model_load_duration_seconds", "How long loading and warming the "
+            "serving version took", labels=labels)
+        last = GaugeMetricFamily(
+            f"{PREFIX}_last_inference_timestamp_seconds", "Unix time of the last "
+            "successful request", labels=labels)
+        ready = GaugeMetricFamily(
+            f"{PREFIX}_model_ready", "1 when the model version serves, else 0 (version \"\" "
+            "for a model with no version loaded)", labels=labels)
+        load_failures = CounterMetricFamily(
+            f"{PREFIX}_model_load_failures", "Failed (re)loads per model", labels=["model"])
+        server_ready = GaugeMetricFamily(
+            f"{PREFIX}_server_ready", "1 when every model serves and the server takes work")
+        for v in snap.versions:
+            key = [v.name, v.version]
+            requests.add_metric(key + ["success"], v.success)
+            for reason, count in sorted(v.failures.items()):
+                requests.add_metric(key + [reason], count)
+            inferences.add_metric(key, v.inferences)
+            executions.add_metric(key, v.executions)
+            queue.add_metric(key, v.queue_depth)
+            running.add_metric(key, v.executing)
+            in_flight.add_metric(key, v.in_flight)
+            load.add_metric(key, v.load_seconds)
+            last.add_metric(key, v.last_inference_ms / 1000)
+        for (model, reason), count in sorted(snap.unrouted.items()):
+            requests.add_metric([model, "", reason], count)
+        for name, version, is_ready in snap.readiness:
+            ready.add_metric([name, version], 1 if is_ready else 0)
+        for name, count in sorted(snap.load_failures.items()):
+            load_failures.add_metric([name], count)
+        server_ready.add_metric([], 1 if snap.server_ready else 0)
+        return [requests, inferences, executions, queue, running, in_flight, load, last,
+                ready, load_failures, server_ready]
+
+
+class _GpuCollector:
+    """Utilisation and memory per GPU through NVML (nvidia-ml-py), read at scrape."""
+
+    def __init__(self, nvml, handles: list):
+        self._nvml = nvml
+        self._handles = handles
+
+    def collect(self):
+        util = GaugeMetricFamily(f"{PREFIX}_gpu_utilization_ratio",
+                                 "GPU busy fraction over NVML's last sample period",
+                                 labels=["gpu"])
+        used = GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use",
+                                 labels=["gpu"])
+        total = GaugeMetricFamily(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory in all",
+                                  labels=["gpu"])
+        for index, handle in enumerate(self._handles):
+            try:
+                rates = self._nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = self._nvml.nvmlDeviceGetMemoryInfo(handle)
+            except self._nvml.NVMLError as exc:
+                log.debug("NVML read of GPU %d failed: %s", index, exc)
+                continue
+            util.add_metric([str(index)], rates.gpu / 100)
+            used.add_metric([str(index)], memory.used)
+            total.add_metric([str(index)], memory.total)
+        return [util, used, total]
+
+
+def gpu_collector() -> _GpuCollector | None:
+    """A GPU collector when nvidia-ml-py is installed and NVML sees a GPU, else None."""
+    try:
+        import pynvml  # nvidia-ml-py: optional, only useful on GPU machines
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
+                   for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception as exc:  # no driver, no GPU: NVMLError, or an OSError loading it
+        log.debug("no GPU metrics: %s", exc)
+        return None
+    if not handles:
+        return None
+    log.info("GPU metrics on for %d GPU(s)", len(handles))
+    return _GpuCollector(pynvml, handles)
