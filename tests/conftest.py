@@ -102,10 +102,12 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
+    """The committed repository (TEST_MODEL_REPOSITORY overrides it for local work)."""
+    root = Path(os.environ.get("TEST_MODEL_REPOSITORY", MODELS))
     for name in ("mnist", "sentiment"):
-        if not (MODELS / name / "config.pbtxt").is_file():
-            pytest.fail(f"the committed model repository lacks {name}; run `make train-export`")
-    return MODELS
+        if not (root / name / "config.pbtxt").is_file():
+            pytest.fail(f"the model repository {root} lacks {name}; run `make train-export`")
+    return root
 
 
 @pytest.fixture(scope="session")
