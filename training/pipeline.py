@@ -93,7 +93,7 @@ def run_mnist(opts: Options) -> dict:
                              "inverted colours, off-centre digits) get confident but meaningless outputs.",
                  figures=["training_curves.png", "confusion_matrix.png"])
     repository.write_card(opts.repository, "mnist", card)
-    return summary
+    return _with_model(summary, model)
 
 
 def run_sentiment(opts: Options) -> dict:
@@ -147,7 +147,7 @@ def run_sentiment(opts: Options) -> dict:
                              "unreliable. Only the last tokens of long reviews are read.",
                  figures=["training_curves.png"])
     repository.write_card(opts.repository, "sentiment", card)
-    return summary
+    return _with_model(summary, model)
 
 
 def _summary(name, labels, keras_classes, onnx_classes, parity_result, seconds, epochs_run) -> dict:
@@ -155,6 +155,11 @@ def _summary(name, labels, keras_classes, onnx_classes, parity_result, seconds, 
             "test_accuracy_keras": float(np.mean(keras_classes == labels)),
             "test_accuracy_onnx": float(np.mean(onnx_classes == labels)),
             "parity": parity_result, "training_seconds": float(seconds), "epochs_run": int(epochs_run)}
+
+
+def _with_model(summary: dict, model) -> dict:
+    """The in-memory Keras model rides along for callers (tests re-check parity); never serialized."""
+    return {**summary, "keras_model": model}
 
 
 def _card(opts, summary, hyperparameters, history, data_hashes, description, interface, data_text, validation,
