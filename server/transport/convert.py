@@ -24,17 +24,30 @@ _CONTENTS_FIELD = {
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }
 _MAX_ELEMENTS = 1 << 31
+# numpy refuses more than 64 dimensions; no served model comes close to this.
+_MAX_RANK = 32
 _LENGTH = struct.Struct("<I")
 
 
 def element_count(name: str, shape) -> int:
+    """Elements of ``shape``, refusing shapes numpy cannot build.
+
+    A zero dimension makes the count 0, but numpy still multiplies the *other*
+    dimensions (and the item size) when it builds the array, so their product is
+    bounded too: [0, 2**62] is refused here rather than failing inside numpy.
+    """
+    if len(shape) > _MAX_RANK:
+        raise InvalidInputError(f"input {name!r}: shape has {len(shape)} dimensions; at "
+                                f"most {_MAX_RANK} are accepted")
     count = 1
+    nonzero = 1
     for dim in shape:
         if dim < 0:
             raise InvalidInputError(f"input {name!r}: shape {list(shape)} has a negative "
                                     "dimension")
         count *= dim
-        if count > _MAX_ELEMENTS:
+        nonzero *= dim or 1
+        if nonzero > _MAX_ELEMENTS:
             raise InvalidInputError(f"input {name!r}: shape {list(shape)} is too large "
                                     f"(over {_MAX_ELEMENTS} elements)")
     return count
@@ -98,10 +111,16 @@ def _from_contents(name, tensor, dtype, shape, count) -> np.ndarray:
 
 def decode_bytes(name: str, data: bytes, count: int) -> np.ndarray:
     """Length-prefixed BYTES elements -> object array of ``bytes``; lengths must add up."""
+    size = len(data)
+    # Every element needs at least its 4-byte length: check before allocating, so a
+    # shape of 2**31 elements with a few bytes of data cannot claim 16 GiB of pointers.
+    if count * _LENGTH.size > size:
+        raise InvalidInputError(f"input {name!r}: {size} bytes of raw BYTES data cannot "
+                                f"hold {count} elements (each is a 4-byte little-endian "
+                                "length, then the bytes)")
     out = np.empty(count, dtype=object)
     view = memoryview(data)
     offset = 0
-    size = len(data)
     for index in range(count):
         if offset + 4 > size:
             raise InvalidInputError(f"input {name!r}: raw BYTES data ends before element "
