@@ -1,0 +1,147 @@
+"""Helpers shared by the reliability tests: request builders, reference answers, /proc.
+
+Only our own stubs (``server.protocol``) are used here: tritonclient must stay out of
+the test process (both register the same protobuf symbols).
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from server.protocol import grpc_service_pb2 as pb
+from server.protocol import grpc_service_pb2_grpc as pb_grpc
+
+_LENGTH = struct.Struct("<I")
+
+
+def stub(address: str) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+
+
+def aio_stub(address: str) -> tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServiceStub]:
+    """A grpc.aio channel and stub; create inside the running event loop."""
+    channel = grpc.aio.insecure_channel(address)
+    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def encode_bytes(items) -> bytes:
+    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
+
+
+def mnist_request(images: np.ndarray, *, raw: bool = True, request_id: str = "",
+                  model: str = "mnist") -> pb.ModelInferRequest:
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    request = pb.ModelInferRequest(model_name=model, id=request_id)
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=images.shape)
+    if raw:
+        request.raw_input_contents.append(images.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(images.ravel().tolist())
+    return request
+
+
+def sentiment_request(texts: list[bytes], *, raw: bool = True,
+                      request_id: str = "") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="sentiment", id=request_id)
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
+    if raw:
+        request.raw_input_contents.append(encode_bytes(texts))
+    else:
+        tensor.contents.bytes_contents.extend(texts)
+    return request
+
+
+def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name == name:
+            assert tensor.datatype == "FP32", tensor.datatype
+            data = np.frombuffer(response.raw_output_contents[index], dtype=np.float32)
+            return data.reshape(tuple(tensor.shape))
+    raise AssertionError(f"response has no output {name!r}: "
+                         f"{[t.name for t in response.outputs]}")
+
+
+class MnistReference:
+    """ONNX Runtime on the served mnist file, run directly: the expected answers."""
+
+    def __init__(self, repository: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        self._session = ort.InferenceSession(str(repository / "mnist" / "1" / "model.onnx"),
+                                             options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._session.run(["probabilities"], {"image": images.astype(np.float32)})[0]
+
+
+def distinct_images(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` images whose mnist answers differ from one another (random noise + a tag).
+
+    Random pixels alone give similar probabilities; scaling each image by its own factor
+    and drawing a per-image stripe makes swapped answers visible.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.random((count, 28, 28, 1), dtype=np.float32)
+    for index in range(count):
+        images[index, index % 28, :, 0] = 1.0
+        images[index, :, (index // 28) % 28, 0] = 1.0
+        images[index] *= 0.25 + 0.75 * ((index * 7919) % 101) / 100
+    return images
+
+
+def copy_mnist(source: Path, target_repo: Path, dynamic_batching: str,
+               name: str = "mnist", max_batch_size: int = 64) -> Path:
+    """A copy of ``source/mnist`` as ``target_repo/name`` with its own batching block."""
+    target = target_repo / name
+    target.mkdir(parents=True)
+    (target / "1").mkdir()
+    shutil.copy2(source / "mnist" / "1" / "model.onnx", target / "1" / "model.onnx")
+    (target / "config.pbtxt").write_text(f"""name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [ {{ name: "image" data_type: TYPE_FP32 dims: [ 28, 28, 1 ] }} ]
+output [ {{ name: "probabilities" data_type: TYPE_FP32 dims: [ 10 ] }} ]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+dynamic_batching {{ {dynamic_batching} }}
+""")
+    return target
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def fd_count(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def model_stats(grpc_stub, name: str) -> pb.ModelStatistics:
+    response = grpc_stub.ModelStatistics(pb.ModelStatisticsRequest(name=name), timeout=10)
+    assert len(response.model_stats) == 1, response
+    return response.model_stats[0]
+
+
+def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+def tracebacks(log: str) -> list[str]:
+    """Log lines that show a Python traceback or an unexpected-failure report."""
+    return [line for line in log.splitlines()
+            if "Traceback" in line or "failed unexpectedly" in line]
