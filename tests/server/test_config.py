@@ -1,0 +1,36 @@
+"""Settings: flags beat SERVE_* variables beat defaults; bad values are refused, quoted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.config import load_config
+
+
+def test_flags_then_environment_then_defaults(tmp_path):
+    env = {"SERVE_GRPC_PORT": "9100", "SERVE_ACCESS_LOG": "true", "SERVE_METRICS_PORT": "9200"}
+    config = load_config(["--model-repository", str(tmp_path), "--grpc-port", "9001"], env)
+    assert config.grpc_port == 9001  # the flag wins
+    assert config.metrics_port == 9200 and config.access_log is True  # from the environment
+    assert config.drain_timeout_s == 30.0 and config.model_repository == Path(tmp_path)
+
+
+@pytest.mark.parametrize("args, env, fragment", [
+    (["--grpc-port", "70000"], {}, "70000"),
+    (["--model-control-mode", "sometimes"], {}, "'sometimes'"),
+    (["--tls-cert-file", "cert.pem"], {}, "both tls_cert_file and tls_key_file"),
+    ([], {"SERVE_INTRA_OP_THREADS": "many"}, "SERVE_INTRA_OP_THREADS='many'"),
+    ([], {"SERVE_ACCESS_LOG": "perhaps"}, "'perhaps'"),
+    (["--repository-api-key", "no-colon"], {}, "header-name:secret"),
+    (["--max-message-bytes", "10"], {}, "10"),
+])
+def test_bad_settings_are_refused_with_the_value(tmp_path, args, env, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+        load_config(["--model-repository", str(tmp_path), *args], env)
+
+
+def test_missing_repository_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a directory"):
+        load_config(["--model-repository", str(tmp_path / "nope")], {})
