@@ -159,7 +159,8 @@ class BenchServer:
 
     def __init__(self, repository: Path, *extra: str, timeout_s: float = 180.0):
         args = [sys.executable, "-m", "server", "--model-repository", str(repository),
-                "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-enabled", "false",
+                "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-host", "127.0.0.1",
+                "--metrics-port", "0",  # as deployed: metrics on
                 *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
