@@ -145,3 +145,31 @@ def tracebacks(log: str) -> list[str]:
     """Log lines that show a Python traceback or an unexpected-failure report."""
     return [line for line in log.splitlines()
             if "Traceback" in line or "failed unexpectedly" in line]
+
+
+def scrape(metrics_port: int) -> dict[tuple[str, tuple], float]:
+    """One real HTTP scrape of /metrics: {(sample name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    """The sum of ``name`` over the samples whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(value for (sample, found), value in samples.items()
+               if sample == name and want <= set(found))
+
+
+def access_log_ms(log: str, status: str) -> list[float]:
+    """Server-side milliseconds of ModelInfer calls with ``status`` from the access log."""
+    import re
+
+    pattern = re.compile(rf"status={re.escape(status)} ms=([0-9.]+)")
+    return [float(m.group(1)) for m in pattern.finditer(log)]
