@@ -6,7 +6,10 @@ answers from, at scrape time, so the two views always agree. The snapshot is tak
 the event loop thread (where the counters change), so one scrape is self-consistent.
 
 Latency and batch-size histograms are observed on the hot path through the
-``ModelStats.listener`` hook, with their label children bound once per model version.
+``ModelStats.listener`` hook into plain bucket lists without locks (the event loop is
+their only writer): about 2 us per request and batch, against ~13 us with
+prometheus-client ``Histogram`` objects. The same collector exports them from the
+same snapshot.
 Requests that never reached a model (unknown name, not loaded, draining) are counted
 here from the servicer's observer, under ``model=""`` unless the name is one the
 repository knows, so random names cannot create unbounded label sets.
@@ -17,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from bisect import bisect_left
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
-from prometheus_client import (CollectorRegistry, GCCollector, Histogram, PlatformCollector,
+from prometheus_client import (CollectorRegistry, GCCollector, PlatformCollector,
                                ProcessCollector, start_http_server)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("server.metrics")
 
@@ -36,28 +42,67 @@ _LABELS = ("model", "version")
 _SNAPSHOT_TIMEOUT_S = 5.0
 
 
+class LoopHistogram:
+    """Bucket counts and sum, written by the event loop only, read in its snapshots."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def copy(self) -> "LoopHistogram":
+        twin = LoopHistogram(self.bounds)
+        twin.counts, twin.sum = list(self.counts), self.sum
+        return twin
+
+
+# (metric name without prefix, help, buckets) of each per-version histogram.
+HISTOGRAMS = (
+    ("request_duration_seconds", "Time in the model of successful requests: validation, "
+     "pre-processing, queue and compute", LATENCY_BUCKETS),
+    ("queue_duration_seconds", "Time successful requests waited in the batch queue",
+     LATENCY_BUCKETS),
+    ("preprocess_duration_seconds", "Server-side pre-processing (tokenizing) of "
+     "successful requests, for models that have any", LATENCY_BUCKETS),
+    ("compute_duration_seconds", "ONNX Runtime run time per execution (batch)",
+     LATENCY_BUCKETS),
+    ("batch_size", "Rows per execution (batch)", BATCH_BUCKETS),
+)
+
+
 class VersionHistograms:
-    """``ModelStats.listener`` of one model version: pre-bound histogram children."""
+    """``ModelStats.listener`` of one model version: its histograms."""
 
-    __slots__ = ("_request", "_queue", "_preprocess", "_compute", "_batch")
+    __slots__ = ("request", "queue", "preprocess", "compute", "batch")
 
-    def __init__(self, metrics: "ServerMetrics", labels: tuple[str, str], preprocesses: bool):
-        self._request = metrics.request_seconds.labels(*labels)
-        self._queue = metrics.queue_seconds.labels(*labels)
+    def __init__(self, preprocesses: bool):
+        self.request = LoopHistogram(LATENCY_BUCKETS)
+        self.queue = LoopHistogram(LATENCY_BUCKETS)
         # Only models that pre-process get that series (absent, not zero, for the rest).
-        self._preprocess = metrics.preprocess_seconds.labels(*labels) if preprocesses else None
-        self._compute = metrics.compute_seconds.labels(*labels)
-        self._batch = metrics.batch_size.labels(*labels)
+        self.preprocess = LoopHistogram(LATENCY_BUCKETS) if preprocesses else None
+        self.compute = LoopHistogram(LATENCY_BUCKETS)
+        self.batch = LoopHistogram(BATCH_BUCKETS)
 
     def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None:
-        self._request.observe(total_s)
-        self._queue.observe(queue_s)
-        if preprocess_s is not None and self._preprocess is not None:
-            self._preprocess.observe(preprocess_s)
+        self.request.observe(total_s)
+        self.queue.observe(queue_s)
+        if preprocess_s is not None and self.preprocess is not None:
+            self.preprocess.observe(preprocess_s)
 
     def on_execution(self, rows: int, compute_infer_s: float) -> None:
-        self._batch.observe(rows)
-        self._compute.observe(compute_infer_s)
+        self.batch.observe(rows)
+        self.compute.observe(compute_infer_s)
+
+    def copies(self) -> tuple[LoopHistogram | None, ...]:
+        """In HISTOGRAMS order."""
+        return tuple(None if h is None else h.copy() for h in
+                     (self.request, self.queue, self.preprocess, self.compute, self.batch))
 
 
 @dataclass(frozen=True)
@@ -73,6 +118,7 @@ class VersionSnapshot:
     in_flight: int
     load_seconds: float
     last_inference_ms: int
+    histograms: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -92,23 +138,7 @@ class ServerMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-
-        def histogram(name: str, doc: str, buckets=LATENCY_BUCKETS) -> Histogram:
-            return Histogram(f"{PREFIX}_{name}", doc, _LABELS, buckets=buckets,
-                             registry=self.registry)
-
-        self.request_seconds = histogram(
-            "request_duration_seconds", "Time in the model of successful requests: "
-            "validation, pre-processing, queue and compute")
-        self.queue_seconds = histogram(
-            "queue_duration_seconds", "Time successful requests waited in the batch queue")
-        self.preprocess_seconds = histogram(
-            "preprocess_duration_seconds", "Server-side pre-processing (tokenizing) of "
-            "successful requests, for models that have any")
-        self.compute_seconds = histogram(
-            "compute_duration_seconds", "ONNX Runtime run time per execution (batch)")
-        self.batch_size = histogram(
-            "batch_size", "Rows per execution (batch)", BATCH_BUCKETS)
+        self._histograms: dict[tuple[str, str], VersionHistograms] = {}  # event loop only
         self._unrouted: Tally = Tally()  # (model label, reason) -> count; event loop only
         self._running = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,20 +184,11 @@ class ServerMetrics:
         repository = self._running.repository
         if event == "loaded":
             # A reload of the same version starts from zero, like its ModelStats.
-            self._remove_children((name, version))
             model = repository.get(name, version)
-            model.stats.listener = VersionHistograms(self, (name, version),
-                                                     model.preprocessor is not None)
+            model.stats.listener = VersionHistograms(model.preprocessor is not None)
+            self._histograms[(name, version)] = model.stats.listener
         elif event == "unloaded" and not repository.is_ready(name, version):
-            self._remove_children((name, version))
-
-    def _remove_children(self, labels: tuple[str, str]) -> None:
-        for histogram in (self.request_seconds, self.queue_seconds, self.preprocess_seconds,
-                          self.compute_seconds, self.batch_size):
-            try:
-                histogram.remove(*labels)
-            except KeyError:
-                pass
+            self._histograms.pop((name, version), None)
 
     # ---- scrape (HTTP thread) ----------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -197,7 +218,8 @@ class ServerMetrics:
             failures=dict(v.stats.failures), inferences=v.stats.inference_count,
             executions=v.stats.execution_count, queue_depth=v.batcher.queue_depth,
             executing=v.batcher.executing, in_flight=v.stats.in_flight,
-            load_seconds=v.load_seconds, last_inference_ms=v.stats.last_inference_ms)
+            load_seconds=v.load_seconds, last_inference_ms=v.stats.last_inference_ms,
+            histograms=self._histogram_copies(v.name, str(v.version)))
             for v in repository.loaded_versions()]
         readiness = [(row.name, row.version, row.state == "READY")
                      for row in repository.index()]
@@ -209,6 +231,10 @@ class ServerMetrics:
         life = running.lifecycle
         ready = life.accepting and not life.draining and repository.all_ready()
         return Snapshot(versions, readiness, failures, dict(self._unrouted), ready)
+
+    def _histogram_copies(self, name: str, version: str) -> tuple:
+        histograms = self._histograms.get((name, version))
+        return histograms.copies() if histograms is not None else ()
 
 
 class _ModelCollector:
@@ -273,7 +299,28 @@ class _ModelCollector:
             load_failures.add_metric([name], count)
         server_ready.add_metric([], 1 if snap.server_ready else 0)
         return [requests, inferences, executions, queue, running, in_flight, load, last,
-                ready, load_failures, server_ready]
+                ready, load_failures, server_ready, *self._histogram_families(snap)]
+
+    @staticmethod
+    def _histogram_families(snap: Snapshot) -> list[HistogramMetricFamily]:
+        families = []
+        for index, (name, doc, _) in enumerate(HISTOGRAMS):
+            family = HistogramMetricFamily(f"{PREFIX}_{name}", doc, labels=list(_LABELS))
+            for v in snap.versions:
+                histogram = v.histograms[index] if v.histograms else None
+                if histogram is not None:
+                    family.add_metric([v.name, v.version], _cumulative(histogram),
+                                      histogram.sum)
+            families.append(family)
+        return families
+
+
+def _cumulative(histogram: LoopHistogram) -> list[tuple[str, int]]:
+    buckets, total = [], 0
+    for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts):
+        total += count
+        buckets.append((floatToGoString(bound), total))
+    return buckets
 
 
 class _GpuCollector:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.metrics import LATENCY_BUCKETS, LoopHistogram
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
@@ -165,3 +166,23 @@ def test_access_log_has_requests_but_never_payloads(observed, stub):
                for m in access), access[-5:]
     assert any("status=InvalidInputError" in m for m in access), access[-5:]
     assert not [line for line in observed.lines if SECRET in line]
+
+
+def test_histogram_buckets_follow_prometheus_le():
+    histogram = LoopHistogram(LATENCY_BUCKETS)
+    for seconds in (0.00005, 0.0001, 0.00010001, 10.0, 11.0):
+        histogram.observe(seconds)
+    assert histogram.counts[0] == 2  # le="0.0001" includes the bound itself
+    assert histogram.counts[1] == 1
+    assert histogram.counts[len(LATENCY_BUCKETS) - 1] == 1  # le="10.0"
+    assert histogram.counts[-1] == 1  # +Inf
+    assert histogram.sum == pytest.approx(21.00025001)
+
+
+def test_metrics_can_be_switched_off(models_dir):
+    proc = ServerProcess(models_dir, "--metrics-enabled", "false")
+    try:
+        assert proc.metrics_port is None
+        assert not [line for line in proc.lines if "metrics listening" in line]
+    finally:
+        assert proc.stop() == 0
