@@ -142,9 +142,10 @@ def wait_until(predicate, timeout_s: float = 10.0, interval_s: float = 0.02) -> 
 
 
 def tracebacks(log: str) -> list[str]:
-    """Log lines that show a Python traceback or an unexpected-failure report."""
-    return [line for line in log.splitlines()
-            if "Traceback" in line or "failed unexpectedly" in line]
+    """Log lines that show a traceback, an unexpected failure or a lost asyncio error."""
+    markers = ("Traceback", "failed unexpectedly", "never retrieved", "Task was destroyed",
+               "Exception in callback")
+    return [line for line in log.splitlines() if any(m in line for m in markers)]
 
 
 def scrape(metrics_port: int) -> dict[tuple[str, tuple], float]:
