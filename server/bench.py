@@ -318,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
 
     models = [m for m in args.models.split(",") if m]
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    if load_before > (os.cpu_count() or 1):
+        _say(f"note: load average {load_before:.1f} on {os.cpu_count()} CPUs: other work "
+             "competes with this benchmark; its figures will be low and noisy")
     points: list[dict] = []
     if args.url:
         points += sweep(args.url, models, args.concurrency, args.duration_s, "external")
@@ -335,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.intra_op_threads)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"cpu_count": os.cpu_count(), "duration_s": args.duration_s,
+              "load_average": {"start": load_before, "end": os.getloadavg()[0]},
               "inputs": {"mnist": mnist_images(1)[1], "sentiment": reviews(1)[1]},
               "server": points, "onnxruntime": ort_points,
               "wall_s": round(time.monotonic() - started, 1)}

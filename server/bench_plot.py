@@ -30,12 +30,12 @@ def plot(points: list[dict], ort_points: list[dict], path: Path) -> None:
                              squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = [p for p in points if p["model"] == model]
-        for label in dict.fromkeys(p["server"] for p in mine):
+        for number, label in enumerate(dict.fromkeys(p["server"] for p in mine)):
             series = sorted((p for p in mine if p["server"] == label),
                             key=lambda p: p["concurrency"])
             x = [p["throughput_rps"] for p in series]
             for key, style in (("p50_ms", "o-"), ("p99_ms", "s--")):
-                ax.plot(x, [p[key] for p in series], style,
+                ax.plot(x, [p[key] for p in series], style, color=f"C{number}",
                         label=f"{key[:3]} ({label})" if len(mine) > len(series) else key[:3])
             for p in series:
                 ax.annotate(f"c={p['concurrency']}\nb={p['mean_batch_size']:.1f}",
