@@ -42,10 +42,13 @@ RUN set -eu; \
     fi; \
     python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 
-RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# Two environments: /opt/venv is what the image ships (no pip, no setuptools: the
+# runtime installs nothing); /opt/tools holds the pip that fills it (`--python`).
+RUN python3 -m venv --without-pip /opt/venv && python3 -m venv /opt/tools
+ENV PIP="/opt/tools/bin/pip"
 
-# Dependencies first, in their own layer: it survives edits to the server's source.
+# Dependencies first, in their own layer: it survives edits to the server's source, and
+# so does the runtime's copy of /opt/venv (the largest layer, about 200 MB).
 # The requirement list comes from pyproject.toml's core dependencies only, so the
 # `train` extra (TensorFlow) cannot reach the image.
 WORKDIR /src
@@ -57,21 +60,23 @@ RUN --mount=type=secret,id=pipca \
     if [ -s /run/secrets/pipca ]; then export PIP_CERT=/run/secrets/pipca; fi; \
     python3 /tmp/requirements.py --variant "$VARIANT" \
         --gpu-requirement "$ORT_GPU_REQUIREMENT" pyproject.toml > /tmp/requirements.txt; \
-    pip install -r /tmp/requirements.txt
+    $PIP --python /opt/venv/bin/python install -r /tmp/requirements.txt
 
-# The project itself: the `server` package only (training/ is not copied, so
-# setuptools' package discovery finds nothing else). The runtime installs nothing,
-# so pip and setuptools leave the venv.
+# The project itself, into /opt/app (a small layer of its own; PYTHONPATH in the
+# runtime), byte-compiled since the runtime user cannot write there: the `server`
+# package only, since training/ is not copied and setuptools' discovery finds no other.
 COPY server ./server
 RUN --mount=type=secret,id=pipca \
     --mount=type=cache,target=/root/.cache/pip \
     set -eu; \
     if [ -s /run/secrets/pipca ]; then export PIP_CERT=/run/secrets/pipca; fi; \
-    pip install --no-deps . ; \
-    pip uninstall -y pip setuptools; \
-    if python3 -c "import tensorflow" 2>/dev/null; then \
+    $PIP install --no-deps --target /opt/app . ; \
+    rm -rf /opt/app/bin; \
+    /opt/venv/bin/python -m compileall -q /opt/app; \
+    if PYTHONPATH=/opt/app /opt/venv/bin/python -c "import tensorflow" 2>/dev/null; then \
         echo "tensorflow must not be in the serving image" >&2; exit 1; \
-    fi
+    fi; \
+    PYTHONPATH=/opt/app /opt/venv/bin/python -c "import server.transport.app, onnxruntime"
 
 # ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
@@ -98,6 +103,7 @@ RUN set -eu; \
         --shell /usr/sbin/nologin serve
 
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/app /opt/app
 # The committed repository; mount another one over /models (read-only is enough).
 COPY models /models
 
@@ -108,6 +114,7 @@ LABEL org.opencontainers.image.title="onnx-serve" \
 
 # Every server flag is also a SERVE_* variable; these are the container's defaults.
 ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/opt/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SERVE_MODEL_REPOSITORY=/models \

@@ -42,3 +42,11 @@ bench: $(VENV)/.dev
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# Build the image with podman and test it end to end (needs root and podman; docs/deploy.md).
+container-test: $(VENV)/.dev
+	PYTHON=$(PY) tools/container_test.sh
+
+.PHONY: lint-deploy
+lint-deploy: $(VENV)/.dev
+	$(PY) -m yamllint -c deploy/.yamllint.yaml deploy

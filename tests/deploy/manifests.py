@@ -13,8 +13,10 @@ DEPLOY = REPO_ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KSERVE = DEPLOY / "kserve"
 MONITORING = DEPLOY / "monitoring"
-# The Kubernetes release whose schemas kubernetes-validate checks against.
-K8S_VERSION = "1.33.0"
+# The oldest Kubernetes release the manifests support (native gRPC probes are GA since
+# 1.27, autoscaling/v2 and policy/v1 long before); the tests also check against the
+# newest release the installed kubernetes-validate knows.
+K8S_MIN_VERSION = "1.30.0"
 
 
 def documents(path: Path) -> list[dict]:

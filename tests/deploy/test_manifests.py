@@ -13,7 +13,7 @@ import pytest
 
 from server.config import ServerConfig
 from tests.conftest import REPO_ROOT
-from tests.deploy.manifests import (DEPLOY, K8S, K8S_VERSION, KSERVE, MONITORING, documents,
+from tests.deploy.manifests import (DEPLOY, K8S, K8S_MIN_VERSION, KSERVE, MONITORING, documents,
                                     env_of, kustomize_resources, one)
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -22,14 +22,17 @@ from yamllint import linter  # noqa: E402  (after the importorskip above)
 
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*.y*ml") if p.name != ".yamllint.yaml")
 OVERLAYS = {"cpu": K8S, "gpu": K8S / "gpu"}
+K8S_VERSIONS = sorted({K8S_MIN_VERSION, kubernetes_validate.latest_version()})
 
 
 def validate(resource: dict) -> None:
-    try:
-        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        pytest.fail(f"{resource['kind']} {resource['metadata'].get('name')}: "
-                    f"{exc.message} at {'/'.join(map(str, exc.path))}")
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"Kubernetes {version}: {resource['kind']} "
+                        f"{resource['metadata'].get('name')}: {exc.message} at "
+                        f"{'/'.join(map(str, exc.path))}")
 
 
 def dockerfile_instruction(name: str) -> list[str]:
@@ -60,7 +63,7 @@ def test_schema_validation_catches_mistakes():
     deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"][
         "port"] = "grpc"  # gRPC probes need a number, not a port name
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(deployment, K8S_MIN_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
