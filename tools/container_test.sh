@@ -172,7 +172,10 @@ start_container() {
     elif [ ! -f models/mnist/config.pbtxt ] || [ ! -f models/sentiment/config.pbtxt ]; then
         die "models/ lacks mnist or sentiment: run make train-export, or set MODEL_REPOSITORY"
     fi
+    # Hardened like deploy/k8s/deployment.yaml: read-only root (a tmpfs /tmp), no
+    # capabilities, no privilege escalation.
     "${PODMAN[@]}" run -d --name "$NAME" "${RUN_LIMITS[@]}" "${mount[@]}" \
+        --read-only --cap-drop ALL --security-opt no-new-privileges \
         -p "127.0.0.1:$GRPC_PORT:8001" -p "127.0.0.1:$METRICS_PORT:8002" \
         -e SERVE_INTRA_OP_THREADS=1 "$IMAGE" >/dev/null
     log "started $NAME: gRPC 127.0.0.1:$GRPC_PORT, metrics 127.0.0.1:$METRICS_PORT"
