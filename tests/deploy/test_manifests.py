@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import re
 
+import kubernetes_validate  # the dev extra: both ship their own schemas / rules
 import pytest
+from yamllint import config as yamllint_config
+from yamllint import linter
 
 from server.config import ServerConfig
 from tests.conftest import REPO_ROOT
 from tests.deploy.manifests import (DEPLOY, K8S, K8S_MIN_VERSION, KSERVE, MONITORING, documents,
                                     env_of, kustomize_resources, one)
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-yamllint_config = pytest.importorskip("yamllint.config")
-from yamllint import linter  # noqa: E402  (after the importorskip above)
 
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*.y*ml") if p.name != ".yamllint.yaml")
 OVERLAYS = {"cpu": K8S, "gpu": K8S / "gpu"}
