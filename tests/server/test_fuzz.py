@@ -12,6 +12,7 @@ traceback; afterwards the server still serves correct answers and its log is cle
 from __future__ import annotations
 
 import collections
+import functools
 import struct
 
 import grpc
@@ -62,39 +63,68 @@ TEXTS = st.one_of(
     st.text(max_size=40).map(lambda s: s.encode("utf-8")))
 
 
+# Strategies are built once and reused: building one per draw costs more than drawing.
+@functools.cache
+def _ints(low: int, high: int):
+    return st.integers(low, high)
+
+
+@functools.cache
+def _text(max_size: int):
+    return st.text(max_size=max_size)
+
+
+def _pick(options: list):
+    return _picks(tuple(options))
+
+
+@functools.cache
+def _picks(options: tuple):
+    return st.sampled_from(options)
+
+
+@functools.cache
+def _lists(elements, min_size: int = 0, max_size: int | None = None):
+    return st.lists(elements, min_size=min_size, max_size=max_size)
+
+
+BOOLS = st.booleans()
+FIELDS = st.sampled_from(CONTENT_FIELDS)
+PARAMETER_KEYS = st.lists(st.sampled_from(["priority", "timeout", "binary_data", "sequence_id",
+                                           "", "x" * 50, "classification"]), max_size=3)
+
+
 def _parameter(draw) -> pb.InferParameter:
-    kind = draw(st.sampled_from(["bool", "int64", "string", "double", "uint64", "none"]))
+    kind = draw(_pick(["bool", "int64", "string", "double", "uint64", "none"]))
     if kind == "bool":
-        return pb.InferParameter(bool_param=draw(st.booleans()))
+        return pb.InferParameter(bool_param=draw(BOOLS))
     if kind == "int64":
-        return pb.InferParameter(int64_param=draw(st.integers(-(2**63), 2**63 - 1)))
+        return pb.InferParameter(int64_param=draw(_ints(-(2**63), 2**63 - 1)))
     if kind == "string":
-        return pb.InferParameter(string_param=draw(st.text(max_size=16)))
+        return pb.InferParameter(string_param=draw(_text(16)))
     if kind == "double":
         return pb.InferParameter(double_param=draw(st.floats(allow_nan=True)))
     if kind == "uint64":
-        return pb.InferParameter(uint64_param=draw(st.integers(0, 2**64 - 1)))
+        return pb.InferParameter(uint64_param=draw(_ints(0, 2**64 - 1)))
     return pb.InferParameter()
 
 
 def _add_parameters(draw, target) -> None:
-    for key in draw(st.lists(st.sampled_from(["priority", "timeout", "binary_data",
-                                              "sequence_id", "", "x" * 50, "classification"]),
-                             max_size=3)):
+    for key in draw(PARAMETER_KEYS):
         target[key].CopyFrom(_parameter(draw))
 
 
 def _good_mnist(draw, rng) -> pb.ModelInferRequest:
-    batch = draw(st.sampled_from([1, 1, 2, 3, 4, 8]))
+    batch = draw(_pick([1, 1, 2, 3, 4, 8]))
     images = rng.random((batch, 28, 28, 1), dtype=np.float32)
-    return mnist_request(images, raw=draw(st.booleans()))
+    return mnist_request(images, raw=draw(BOOLS))
 
 
 def _good_sentiment(draw, rng) -> pb.ModelInferRequest:
-    texts = draw(st.lists(TEXTS, min_size=1, max_size=4))
+    texts = draw(_lists(TEXTS, min_size=1, max_size=4))
     request = pb.ModelInferRequest(model_name="sentiment")
     tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
-    if draw(st.booleans()):
+    if draw(BOOLS):
         request.raw_input_contents.append(encode_bytes(texts))
     else:
         tensor.contents.bytes_contents.extend(texts)
@@ -103,16 +133,16 @@ def _good_sentiment(draw, rng) -> pb.ModelInferRequest:
 
 def _random_tensor(draw, rng, request, raw: bool) -> None:
     datatype = draw(DATATYPES)
-    shape = draw(st.lists(DIMS, max_size=5))
-    tensor = request.inputs.add(name=draw(st.sampled_from(["image", "text", "x", ""])),
+    shape = draw(_lists(DIMS, max_size=5))
+    tensor = request.inputs.add(name=draw(_pick(["image", "text", "x", ""])),
                                 datatype=datatype, shape=shape)
     count = int(np.prod([max(d, 0) for d in shape], dtype=object)) if shape else 1
-    small = count if count <= 4096 else draw(st.integers(0, 64))
+    small = count if count <= 4096 else draw(_ints(0, 64))
     if raw:
-        size = small * ITEMSIZE.get(datatype, 4) + draw(st.sampled_from([0, 0, 0, 1, -1, 7]))
+        size = small * ITEMSIZE.get(datatype, 4) + draw(_pick([0, 0, 0, 1, -1, 7]))
         request.raw_input_contents.append(rng.bytes(max(size, 0)))
     else:
-        field = draw(st.sampled_from(CONTENT_FIELDS))
+        field = draw(FIELDS)
         _fill_contents(draw, rng, tensor.contents, field, small)
 
 
@@ -136,8 +166,8 @@ def _fill_contents(draw, rng, contents, field: str, count: int) -> None:
 
 def _random_request(draw, rng) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=draw(MODEL_NAMES))
-    raw = draw(st.booleans())
-    for _ in range(draw(st.integers(0, 3))):
+    raw = draw(BOOLS)
+    for _ in range(draw(_ints(0, 3))):
         _random_tensor(draw, rng, request, raw)
     return request
 
@@ -146,7 +176,7 @@ def _random_request(draw, rng) -> pb.ModelInferRequest:
 def _pick_input(draw, request):
     if not request.inputs:
         return None, None
-    index = draw(st.integers(0, len(request.inputs) - 1))
+    index = draw(_ints(0, len(request.inputs) - 1))
     return index, request.inputs[index]
 
 
@@ -159,7 +189,7 @@ def m_version(draw, rng, request):
 
 
 def m_id(draw, rng, request):
-    request.id = draw(st.text(max_size=300))
+    request.id = draw(_text(300))
 
 
 def m_datatype(draw, rng, request):
@@ -173,15 +203,15 @@ def m_shape(draw, rng, request):
     if tensor is None:
         return
     shape = list(tensor.shape)
-    action = draw(st.sampled_from(["set", "append", "drop", "replace"]))
+    action = draw(_pick(["set", "append", "drop", "replace"]))
     if action == "set" and shape:
-        shape[draw(st.integers(0, len(shape) - 1))] = draw(DIMS)
+        shape[draw(_ints(0, len(shape) - 1))] = draw(DIMS)
     elif action == "append":
         shape.append(draw(DIMS))
     elif action == "drop" and shape:
-        shape.pop(draw(st.integers(0, len(shape) - 1)))
+        shape.pop(draw(_ints(0, len(shape) - 1)))
     else:
-        shape = draw(st.lists(DIMS, max_size=6))
+        shape = draw(_lists(DIMS, max_size=6))
     del tensor.shape[:]
     tensor.shape.extend(shape)
 
@@ -189,9 +219,9 @@ def m_shape(draw, rng, request):
 def m_raw_length(draw, rng, request):
     if not request.raw_input_contents:
         return
-    index = draw(st.integers(0, len(request.raw_input_contents) - 1))
+    index = draw(_ints(0, len(request.raw_input_contents) - 1))
     data = request.raw_input_contents[index]
-    delta = draw(st.sampled_from([-1, 1, -4, 4, 3, -len(data), 1000]))
+    delta = draw(_pick([-1, 1, -4, 4, 3, -len(data), 1000]))
     request.raw_input_contents[index] = (data[:max(len(data) + delta, 0)] if delta < 0
                                          else data + rng.bytes(delta))
 
@@ -200,21 +230,21 @@ def m_bytes_prefix(draw, rng, request):
     """Corrupt one 4-byte length prefix of raw BYTES data (or write a lying one)."""
     if not request.raw_input_contents:
         return
-    index = draw(st.integers(0, len(request.raw_input_contents) - 1))
+    index = draw(_ints(0, len(request.raw_input_contents) - 1))
     data = bytearray(request.raw_input_contents[index])
-    prefix = struct.pack("<I", draw(st.sampled_from([0, 1, 5, 2**31, 2**32 - 1,
+    prefix = struct.pack("<I", draw(_pick([0, 1, 5, 2**31, 2**32 - 1,
                                                      max(len(data) - 3, 0)])))
-    where = draw(st.integers(0, max(len(data) - 4, 0)))
+    where = draw(_ints(0, max(len(data) - 4, 0)))
     data[where:where + 4] = prefix
     request.raw_input_contents[index] = bytes(data)
 
 
 def m_raw_count(draw, rng, request):
     """One raw entry too many or too few."""
-    if request.raw_input_contents and draw(st.booleans()):
+    if request.raw_input_contents and draw(BOOLS):
         del request.raw_input_contents[-1]
     else:
-        request.raw_input_contents.append(rng.bytes(draw(st.integers(0, 16))))
+        request.raw_input_contents.append(rng.bytes(draw(_ints(0, 16))))
 
 
 def m_raw_to_typed(draw, rng, request):
@@ -222,8 +252,8 @@ def m_raw_to_typed(draw, rng, request):
     index, tensor = _pick_input(draw, request)
     if tensor is None:
         return
-    count = draw(st.integers(0, 800))
-    field = draw(st.sampled_from(CONTENT_FIELDS))
+    count = draw(_ints(0, 800))
+    field = draw(FIELDS)
     if request.raw_input_contents:
         del request.raw_input_contents[:]
     _fill_contents(draw, rng, tensor.contents, field, count)
@@ -234,28 +264,28 @@ def m_mix(draw, rng, request):
     index, tensor = _pick_input(draw, request)
     if tensor is None:
         return
-    _fill_contents(draw, rng, tensor.contents, draw(st.sampled_from(CONTENT_FIELDS)),
-                   draw(st.integers(0, 50)))
+    _fill_contents(draw, rng, tensor.contents, draw(FIELDS),
+                   draw(_ints(0, 50)))
     if not request.raw_input_contents:
-        request.raw_input_contents.append(rng.bytes(draw(st.integers(0, 64))))
+        request.raw_input_contents.append(rng.bytes(draw(_ints(0, 64))))
 
 
 def m_extra_input(draw, rng, request):
     _, tensor = _pick_input(draw, request)
     added = request.inputs.add()
-    if tensor is not None and draw(st.booleans()):
+    if tensor is not None and draw(BOOLS):
         added.CopyFrom(tensor)  # a duplicate name
     else:
-        added.name, added.datatype = draw(st.text(max_size=6)), draw(DATATYPES)
-        added.shape.extend(draw(st.lists(DIMS, max_size=3)))
+        added.name, added.datatype = draw(_text(6)), draw(DATATYPES)
+        added.shape.extend(draw(_lists(DIMS, max_size=3)))
     if request.raw_input_contents:
-        request.raw_input_contents.append(rng.bytes(draw(st.integers(0, 32))))
+        request.raw_input_contents.append(rng.bytes(draw(_ints(0, 32))))
 
 
 def m_outputs(draw, rng, request):
-    for name in draw(st.lists(OUTPUT_NAMES, min_size=1, max_size=3)):
+    for name in draw(_lists(OUTPUT_NAMES, min_size=1, max_size=3)):
         output = request.outputs.add(name=name)
-        if draw(st.booleans()):
+        if draw(BOOLS):
             _add_parameters(draw, output.parameters)
 
 
@@ -273,19 +303,20 @@ def m_clear_inputs(draw, rng, request):
 MUTATIONS = [m_model, m_version, m_id, m_datatype, m_shape, m_shape, m_raw_length,
              m_bytes_prefix, m_bytes_prefix, m_raw_count, m_raw_to_typed, m_mix,
              m_extra_input, m_outputs, m_outputs, m_parameters, m_parameters, m_clear_inputs]
+MUTATION_LISTS = st.lists(st.sampled_from(MUTATIONS), max_size=3)
 
 
 @st.composite
 def infer_requests(draw) -> pb.ModelInferRequest:
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["mnist", "mnist", "sentiment", "sentiment", "random"]))
+    rng = np.random.default_rng(draw(_ints(0, 2**32 - 1)))
+    kind = draw(_pick(["mnist", "mnist", "sentiment", "sentiment", "random"]))
     if kind == "mnist":
         request = _good_mnist(draw, rng)
     elif kind == "sentiment":
         request = _good_sentiment(draw, rng)
     else:
         request = _random_request(draw, rng)
-    for mutation in draw(st.lists(st.sampled_from(MUTATIONS), max_size=3)):
+    for mutation in draw(MUTATION_LISTS):
         mutation(draw, rng, request)
     return request
 
