@@ -105,7 +105,8 @@ RUN set -eu; \
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/app /opt/app
 # The committed repository; mount another one over /models (read-only is enough).
-COPY models /models
+# --chmod: readable by the non-root user even from a checkout made with umask 077.
+COPY --chmod=0755 models /models
 
 LABEL org.opencontainers.image.title="onnx-serve" \
       org.opencontainers.image.description="KServe v2 / Triton-protocol gRPC inference server for ONNX models" \

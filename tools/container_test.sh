@@ -241,6 +241,7 @@ check_graceful_stop() {
 }
 
 check_prerequisites
+mkdir -p "$CACHE_DIR"
 build_base_image
 build_image
 check_image
