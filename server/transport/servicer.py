@@ -119,6 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except Exception:
             log.exception("ModelInfer %s failed unexpectedly", request.model_name[:100])
             exc = InternalError("internal error; see the server log")
+            if model is not None:
+                model.stats.record_failure(time.monotonic() - started, exc.reason)
             self._record(request, model, "InternalError", started, exc)
             return await self._fail(context, exc)
         self._record(request, model, "OK", started, None)
@@ -141,12 +143,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
 
         async def one(request) -> None:
+            model = None
             try:
                 self._life.check()
                 model = self._repo.get(request.model_name, request.model_version)
                 reply = await self._infer(model, request, context.time_remaining())
                 await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
             except ServingError as exc:
+                if model is None and self._observe is not None:
+                    self._observe(request.model_name, None, exc, 0.0)
                 await responses.put(pb.ModelStreamInferResponse(
                     error_message=f"{status_for(exc).name}: {exc}",
                     infer_response=pb.ModelInferResponse(id=request.id)))
