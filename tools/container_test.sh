@@ -81,8 +81,6 @@ build_base_image() {
         return
     fi
     local tarball="$CACHE_DIR/base-bookworm.tar"
-    mkdir -p "$CACHE_DIR"
-    printf '*\n' > .cache/.gitignore
     if [ ! -s "$tarball" ]; then
         require debootstrap "apt-get install -y debootstrap"
         local rootfs="$CACHE_DIR/rootfs" mirror
@@ -241,7 +239,7 @@ check_graceful_stop() {
 }
 
 check_prerequisites
-mkdir -p "$CACHE_DIR"
+mkdir -p "$CACHE_DIR" && printf '*\n' > .cache/.gitignore  # the cache stays out of git
 build_base_image
 build_image
 check_image
