@@ -47,6 +47,8 @@ DIMS = st.one_of(
     st.sampled_from([0, 1, 2, 3, 10, 27, 28, 29, 64, 65, -1, -7, 2**31, 2**31 + 1, 2**32,
                      2**62, 2**63 - 1, -(2**63)]),
     st.integers(0, 40))
+EMPTY_TENSOR_DIMS = st.lists(st.one_of(st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1]), DIMS),
+                             max_size=3)
 MODEL_NAMES = st.one_of(st.sampled_from(["mnist", "sentiment", "", "nope", "MNIST", "../mnist",
                                          "mnist/1", ".", "mnist\x00"]),
                         st.text(max_size=12))
@@ -216,6 +218,21 @@ def m_shape(draw, rng, request):
     tensor.shape.extend(shape)
 
 
+def m_empty_tensor(draw, rng, request):
+    """A zero-element tensor: a 0 dimension beside others (maybe huge), and no data."""
+    index, tensor = _pick_input(draw, request)
+    if tensor is None:
+        return
+    shape = [0] + draw(EMPTY_TENSOR_DIMS)
+    draw(BOOLS) and shape.reverse()
+    del tensor.shape[:]
+    tensor.shape.extend(shape)
+    if index < len(request.raw_input_contents):
+        request.raw_input_contents[index] = b""
+    else:
+        tensor.ClearField("contents")
+
+
 def m_raw_length(draw, rng, request):
     if not request.raw_input_contents:
         return
@@ -300,7 +317,8 @@ def m_clear_inputs(draw, rng, request):
     del request.inputs[:]
 
 
-MUTATIONS = [m_model, m_version, m_id, m_datatype, m_shape, m_shape, m_raw_length,
+MUTATIONS = [m_model, m_version, m_id, m_datatype, m_shape, m_shape, m_empty_tensor,
+             m_raw_length,
              m_bytes_prefix, m_bytes_prefix, m_raw_count, m_raw_to_typed, m_mix,
              m_extra_input, m_outputs, m_outputs, m_parameters, m_parameters, m_clear_inputs]
 MUTATION_LISTS = st.lists(st.sampled_from(MUTATIONS), max_size=3)
