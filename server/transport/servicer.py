@@ -32,6 +32,22 @@ EXTENSIONS = ("model_configuration", "statistics", "model_repository",
               "model_repository(unload_dependents)", "schedule_policy")
 
 
+# Status details travel percent-encoded in a trailer, and gRPC clients drop trailers over
+# 8 KiB: a message quoting a huge name would reach the caller as RESOURCE_EXHAUSTED.
+MAX_DETAILS_BYTES = 1024
+
+
+def short_details(message: str) -> str:
+    """``message`` cut in the middle to MAX_DETAILS_BYTES of UTF-8, keeping both ends."""
+    data = message.encode("utf-8")
+    if len(data) <= MAX_DETAILS_BYTES:
+        return message
+    keep = (MAX_DETAILS_BYTES - 40) // 2
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[-keep:].decode("utf-8", "ignore")
+    return f"{head} ...[{len(data) - 2 * keep} bytes cut]... {tail}"
+
+
 class Lifecycle:
     """Whether the server takes new work: false from SIGTERM on."""
 
@@ -153,7 +169,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if model is None and self._observe is not None:
                     self._observe(request.model_name, None, exc, 0.0)
                 await responses.put(pb.ModelStreamInferResponse(
-                    error_message=f"{status_for(exc).name}: {exc}",
+                    error_message=f"{status_for(exc).name}: {short_details(str(exc))}",
                     infer_response=pb.ModelInferResponse(id=request.id)))
             except Exception:
                 log.exception("ModelStreamInfer request failed unexpectedly")
@@ -216,7 +232,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- helpers ----------------------------------------------------------------------
     async def _fail(self, context, exc: ServingError):
-        await context.abort(status_for(exc), str(exc))
+        await context.abort(status_for(exc), short_details(str(exc)))
 
     def _record(self, request, model, outcome: str, started: float, exc) -> None:
         seconds = time.monotonic() - started

@@ -437,3 +437,34 @@ def test_edge_shapes_are_refused_cleanly(fuzz_server):
         assert str(shape[0]) in caught.value.details() or "dimensions" in \
             caught.value.details() or "BYTES" in caught.value.details(), caught.value.details()
     assert not tracebacks(fuzz_server.log), "\n".join(tracebacks(fuzz_server.log)[:20])
+
+
+@pytest.mark.parametrize("field", ["model_name", "model_version", "datatype", "input_name",
+                                   "output_name"])
+@pytest.mark.parametrize("size", [20_000, 1_000_000])
+def test_huge_names_still_get_their_own_error(fuzz_server, field, size):
+    """Error messages quote what was sent; a 1 MB name must not blow the status trailer.
+
+    gRPC clients drop trailers over 8 KiB (16 KiB hard), which turned NOT_FOUND or
+    INVALID_ARGUMENT into RESOURCE_EXHAUSTED "Stream removed".
+    """
+    client = stub(fuzz_server.address)
+    request = mnist_request(np.zeros((1, 28, 28, 1), np.float32))
+    huge = "\u00e9x" * (size // 2)  # non-ASCII too: it travels percent-encoded
+    expected = grpc.StatusCode.INVALID_ARGUMENT
+    if field == "model_name":
+        request.model_name, expected = huge, grpc.StatusCode.NOT_FOUND
+    elif field == "model_version":
+        request.model_version, expected = huge, grpc.StatusCode.NOT_FOUND
+    elif field == "datatype":
+        request.inputs[0].datatype = huge
+    elif field == "input_name":
+        request.inputs[0].name = huge
+    else:
+        request.outputs.add(name=huge)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.ModelInfer(request, timeout=10)
+    details = caught.value.details()
+    assert caught.value.code() == expected, (caught.value.code(), details[:200])
+    assert len(details.encode()) <= 2048, len(details)
+    assert "\u00e9x\u00e9x" in details  # still says what was sent, shortened
