@@ -37,7 +37,7 @@ VALID_TYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "
                "INT64", "FP16", "FP32", "FP64", "BYTES"]
 DATATYPES = st.one_of(st.sampled_from(VALID_TYPES),
                       st.sampled_from(["", "FP8", "fp32", "STRING", "TYPE_FP32", "BF16",
-                                       "FP32 ", "\x00", "BYTES\n"]),
+                                       "FP32 ", "\x00", "BYTES\n", "Q" * 20_000]),
                       st.text(max_size=8))
 ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2,
             "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
@@ -50,6 +50,7 @@ DIMS = st.one_of(
 EMPTY_TENSOR_DIMS = st.lists(st.one_of(st.sampled_from([2**31, 2**32, 2**62, 2**63 - 1]), DIMS),
                              max_size=3)
 MODEL_NAMES = st.one_of(st.sampled_from(["mnist", "sentiment", "", "nope", "MNIST", "../mnist",
+                                         "n\u00e9" * 10_000,
                                          "mnist/1", ".", "mnist\x00"]),
                         st.text(max_size=12))
 VERSIONS = st.one_of(st.sampled_from(["", "1", "2", "0", "-1", "01", " 1", "abc",
@@ -468,3 +469,32 @@ def test_huge_names_still_get_their_own_error(fuzz_server, field, size):
     assert caught.value.code() == expected, (caught.value.code(), details[:200])
     assert len(details.encode()) <= 2048, len(details)
     assert "\u00e9x\u00e9x" in details  # still says what was sent, shortened
+
+
+def test_fuzzed_stream_answers_every_request_cleanly(fuzz_server):
+    """ModelStreamInfer: one reply per request, errors in-band with an allowed code."""
+    requests: list = []
+
+    @settings(max_examples=30, deadline=None, database=None, phases=(Phase.generate,),
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.large_base_example])
+    @given(st.lists(infer_requests(), min_size=WAVE, max_size=WAVE))
+    def collect(batch):
+        requests.extend(batch)
+
+    collect()
+    client = stub(fuzz_server.address)
+    replies = list(client.ModelStreamInfer(iter(requests), timeout=120))
+    assert len(replies) == len(requests)
+    allowed = {code.name for code in ALLOWED}
+    errors = collections.Counter()
+    for reply in replies:
+        if reply.error_message:
+            code, _, message = reply.error_message.partition(": ")
+            errors[code] += 1
+            assert code in allowed and message.strip(), reply.error_message[:300]
+            assert "Traceback" not in message
+    print(f"\nstream: {len(replies)} replies, errors {dict(errors)}")
+    assert errors and sum(errors.values()) < len(replies)
+    assert client.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+    assert not tracebacks(fuzz_server.log), "\n".join(tracebacks(fuzz_server.log)[:20])
