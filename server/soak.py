@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--server-arg", action="append", default=[],
-                        help="extra flag for the server (repeat), e.g. --server-arg=--access-log=true")
+                        help="extra server flag (repeatable), e.g. --server-arg=--access-log=true")
     return parser
 
 
