@@ -227,7 +227,14 @@ EOF
 }
 
 check_graceful_stop() {
-    local t0=$(date +%s) code
+    local t0 code load_pid
+    # Clients keep sending while SIGTERM arrives: every request must succeed or be
+    # refused (draining, then no server), never be cut off half way.
+    "$PYTHON" tools/container/smoke_client.py --until-stopped "127.0.0.1:$GRPC_PORT" \
+        > "$CACHE_DIR/load.log" 2>&1 &
+    load_pid=$!
+    sleep 2
+    t0=$(date +%s)
     "${PODMAN[@]}" stop -t "$STOP_GRACE_S" "$NAME" >/dev/null
     STOP_S=$(( $(date +%s) - t0 ))
     code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
@@ -235,6 +242,8 @@ check_graceful_stop() {
     (( STOP_S < STOP_GRACE_S )) || die "took ${STOP_S}s to stop: killed at the grace period?"
     "${PODMAN[@]}" logs "$NAME" 2>&1 | grep -q "stopped" \
         || die "no 'stopped' line in the log: the server did not drain"
+    wait "$load_pid" || { sed 's/^/    /' "$CACHE_DIR/load.log"; die "requests failed during the drain"; }
+    log "$(tail -n1 "$CACHE_DIR/load.log")"
     log "ok   SIGTERM: drained and exited 0 in ${STOP_S}s"
 }
 
