@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -122,7 +123,13 @@ async def drain_and_stop(running: RunningServer) -> None:
     log.info("shutting down: not ready, finishing in-flight requests (up to %.0f s)", timeout)
     running.lifecycle.draining = True
     await running.set_serving(False)
-    await running.grpc_server.stop(timeout)
+    # While the port stays open, new calls get a clean UNAVAILABLE from our handlers;
+    # stopping the gRPC server at once would instead cancel calls caught in flight
+    # between the transport and a handler.
+    deadline = time.monotonic() + timeout
+    while running.lifecycle.in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     log.info("stopped")
 

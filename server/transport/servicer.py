@@ -25,6 +25,11 @@ from server.transport import convert
 from server.transport.status import status_for
 from server.transport.statistics import statistics_response
 
+try:  # what abort() raises when the call already ended in gRPC core
+    from grpc._cython.cygrpc import ExecuteBatchError as CallAlreadyEnded
+except ImportError:  # pragma: no cover - a grpcio without it: nothing to catch
+    CallAlreadyEnded = ()
+
 log = logging.getLogger("server.grpc")
 access_log = logging.getLogger("server.access")
 
@@ -54,6 +59,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self.accepting = False
         self.draining = False
+        self.in_flight = 0  # inference calls inside a handler (drain waits for zero)
 
     def check(self) -> None:
         if self.draining:
@@ -123,6 +129,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- inference --------------------------------------------------------------------
     async def ModelInfer(self, request, context):
+        self._life.in_flight += 1
+        try:
+            return await self._model_infer(request, context)
+        finally:
+            self._life.in_flight -= 1
+
+    async def _model_infer(self, request, context):
         started = time.monotonic()
         model = None
         try:
@@ -187,10 +200,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await responses.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
+        self._life.in_flight += 1
         try:
             while (item := await responses.get()) is not None:
                 yield item
         finally:
+            self._life.in_flight -= 1
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -232,7 +247,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # ---- helpers ----------------------------------------------------------------------
     async def _fail(self, context, exc: ServingError):
-        await context.abort(status_for(exc), short_details(str(exc)))
+        try:
+            await context.abort(status_for(exc), short_details(str(exc)))
+        except CallAlreadyEnded:
+            # gRPC core ended the call first (its deadline passed, or the client left, just
+            # as we failed it): nobody is left to tell. End as a cancelled call, which grpc
+            # logs at debug level, rather than let grpc log a traceback at ERROR.
+            raise asyncio.CancelledError() from None
 
     def _record(self, request, model, outcome: str, started: float, exc) -> None:
         seconds = time.monotonic() - started
