@@ -43,7 +43,7 @@ bench: $(VENV)/.dev
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 
-# Build the image with podman and test it end to end (needs root and podman; docs/deploy.md).
+# Build the image with podman and test it end to end (needs root and podman; README.md, Deploy).
 container-test: $(VENV)/.dev
 	PYTHON=$(PY) tools/container_test.sh
 

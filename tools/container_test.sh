@@ -5,7 +5,7 @@
 #
 # No Docker daemon and no container registry are needed: the base image is made
 # locally with debootstrap (Debian bookworm + python3 + tini), cached under .cache/ and
-# as a podman image. Needs root (podman/debootstrap), podman, runc; see docs/deploy.md.
+# as a podman image. Needs root (podman/debootstrap), podman, runc; see the Deploy section of README.md.
 #
 # Environment:
 #   PYTHON            host interpreter with tritonclient[grpc] (default .venv/bin/python)
