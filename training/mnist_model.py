@@ -10,11 +10,11 @@ import numpy as np
 
 @dataclass
 class MnistParams:
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 128
     learning_rate: float = 1e-3
     validation_fraction: float = 0.1  # carved from the END of the training split
-    augment: bool = True  # light random shifts/rotations; the test set is never augmented
+    augment: bool = False  # optional light shifts/rotations (off: not needed for the target)
     train_limit: int | None = None  # quick mode: use only the first N training images
     test_limit: int | None = None
 
@@ -31,24 +31,22 @@ def build_model(seed: int):
     import keras
     from keras import layers
 
-    def conv_block(filters):
-        # Two 3x3 convolutions (BatchNorm after the first), then 2x2 pooling and dropout.
-        return [
-            layers.Conv2D(filters, 3, padding="same", activation="relu"),
-            layers.BatchNormalization(),
-            layers.Conv2D(filters, 3, activation="relu"),
-            layers.BatchNormalization(),
-            layers.MaxPooling2D(),
-            layers.Dropout(0.25, seed=seed),
-        ]
+    def conv(filters, padding="same"):
+        # Conv -> BatchNorm -> ReLU: BatchNorm lets a few epochs suffice (CPU-only training).
+        return [layers.Conv2D(filters, 3, padding=padding, use_bias=False), layers.BatchNormalization(),
+                layers.Activation("relu")]
 
-    model = keras.Sequential(
-        [keras.Input((28, 28, 1), name="image"), *conv_block(32), *conv_block(64),
-         layers.Flatten(), layers.Dense(128, activation="relu"), layers.Dropout(0.5, seed=seed),
+    # Pooling early keeps the cost ~6M multiply-adds per image (2 CPU cores).
+    return keras.Sequential(
+        [keras.Input((28, 28, 1), name="image"),
+         *conv(32), layers.MaxPooling2D(),            # 14x14x32
+         *conv(64), layers.MaxPooling2D(),            # 7x7x64
+         *conv(128, padding="valid"),                 # 5x5x128
+         layers.Flatten(), layers.Dropout(0.4, seed=seed),
+         layers.Dense(128, activation="relu"), layers.Dropout(0.4, seed=seed),
          layers.Dense(10, activation="softmax", name="probabilities")],
         name="mnist_cnn",
     )
-    return model
 
 
 def _train_dataset(x, y, params: MnistParams, seed: int):
@@ -90,7 +88,7 @@ def train(data, params: MnistParams, seed: int, verbose: int):
     schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    callbacks = [keras.callbacks.EarlyStopping("val_accuracy", patience=4, restore_best_weights=True)]
+    callbacks = [keras.callbacks.EarlyStopping("val_accuracy", patience=3, restore_best_weights=True)]
     start = time.perf_counter()
     history = model.fit(_train_dataset(x_fit, y_fit, params, seed), validation_data=(x_val, y_val),
                         epochs=params.epochs, callbacks=callbacks, verbose=verbose,

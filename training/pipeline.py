@@ -81,8 +81,8 @@ def run_mnist(opts: Options) -> dict:
                            f"MNIST test confusion matrix (ONNX Runtime, n={len(y_test)})")
     summary = _summary("mnist", y_test, export.classes(keras_probs), predicted, result, seconds, epochs_run)
     card = _card(opts, summary, params.to_dict(), history, data_hashes=_data_hashes(opts.data_dir, ["mnist.npz"]),
-                 description="Handwritten digit classifier (MNIST, 10 classes): a VGG-style CNN "
-                             "(2x[Conv-BN-Conv-BN-MaxPool-Dropout], Dense 128, softmax).",
+                 description="Handwritten digit classifier (MNIST, 10 classes): a small CNN "
+                             "(3x Conv3x3-BN-ReLU with max pooling, Dense 128, dropout, softmax).",
                  interface={"served_input": "`image` TYPE_FP32 dims [28, 28, 1] (+ batch), pixels / 255.0",
                             "served_output": "`probabilities` TYPE_FP32 dims [10] (softmax)",
                             "onnx": "`image` float32 [batch,28,28,1] -> `probabilities` float32 [batch,10]",
@@ -127,13 +127,14 @@ def run_sentiment(opts: Options) -> dict:
         export.check_dynamic_batch(session, x[:64])
 
     repository.write_config(opts.repository, "sentiment", repository.sentiment_config())
-    plots.training_curves(history, os.path.join(model_dir, "training_curves.png"), "IMDB sentiment BiLSTM")
+    plots.training_curves(history, os.path.join(model_dir, "training_curves.png"), f"IMDB sentiment ({params.architecture})")
     summary = _summary("sentiment", labels, export.classes(keras_probs), export.classes(onnx_probs), result,
                        seconds, epochs_run)
     card = _card(opts, summary, params.to_dict(), history,
                  data_hashes=_data_hashes(opts.data_dir, ["aclImdb*.tar.gz"]),
                  description="Binary sentiment of English movie reviews (IMDB): Embedding -> "
-                             "Bidirectional LSTM -> global max pooling -> Dense -> sigmoid.",
+                             f"{params.architecture} ({'Conv1D n-gram filters' if params.architecture == 'cnn' else 'Bidirectional LSTM'})"
+                             " -> global max pooling -> Dense -> Dropout -> sigmoid.",
                  interface={"served_input": "`text` TYPE_STRING dims [1] (+ batch): one raw review, UTF-8",
                             "served_output": "`probability` TYPE_FP32 dims [1]: P(positive)",
                             "onnx": "`token_ids` int32 [batch,tokens] -> `probability` float32 [batch,1]",

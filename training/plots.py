@@ -33,11 +33,12 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, path: str, title: s
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (y_true, y_pred), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(np.log1p(matrix), cmap="Blues")  # log scale keeps the few errors visible
+    shade = np.log1p(matrix) / max(np.log1p(matrix).max(), 1e-9)  # log scale keeps the few errors visible
+    ax.imshow(shade, cmap="Blues", vmin=0.0, vmax=1.0)
     for i in range(n_classes):
         for j in range(n_classes):
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if i == j else "black")
+                    color="white" if shade[i, j] > 0.6 else "black")  # readable on dark and light cells
     ax.set_xticks(range(n_classes))
     ax.set_yticks(range(n_classes))
     ax.set_xlabel("predicted")

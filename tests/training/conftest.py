@@ -1,4 +1,8 @@
-"""Shared fixtures for the training tests: repository root on sys.path, the real data dir."""
+"""Shared fixtures for the training tests: repository root on sys.path, the real data dir.
+
+Test modules use these fixtures only (never `from conftest import ...`), so another
+conftest.py elsewhere in tests/ cannot shadow this one.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,16 @@ def require(*names: str) -> Path:
 
 
 IMDB_TARBALL = "aclImdb_v1_labeled.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def imdb_tarball() -> Path:
+    return require(IMDB_TARBALL) / IMDB_TARBALL
+
+
+@pytest.fixture(scope="session")
+def quick_data_dir() -> Path:
+    return require("mnist.npz", IMDB_TARBALL)
 
 
 @pytest.fixture(scope="session")

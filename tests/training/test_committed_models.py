@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
-
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = ROOT / "models"
 TARGETS = {"mnist": 0.993, "sentiment": 0.890}
 

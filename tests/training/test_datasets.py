@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import IMDB_TARBALL, ROOT, require
 from training.datasets import DatasetError, DatasetNotFoundError, load_imdb, load_mnist
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_load_mnist_real_file(mnist_dir):
@@ -88,10 +90,9 @@ def test_npz_missing_keys(tmp_path):
         load_mnist(str(tmp_path))
 
 
-def test_truncated_tarball(tmp_path):
-    source = require(IMDB_TARBALL) / IMDB_TARBALL
-    with open(source, "rb") as src:
-        (tmp_path / IMDB_TARBALL).write_bytes(src.read(1_000_000))
+def test_truncated_tarball(tmp_path, imdb_tarball):
+    with open(imdb_tarball, "rb") as src:
+        (tmp_path / imdb_tarball.name).write_bytes(src.read(1_000_000))
     with pytest.raises(DatasetError, match="truncated or corrupt"):
         load_imdb(str(tmp_path))
 

@@ -7,8 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require
-
 pytest.importorskip("keras", reason="the pipeline test needs the train extra (TensorFlow/Keras)")
 
 from server.tokenizer import Tokenizer  # noqa: E402
@@ -17,8 +15,8 @@ from training.mnist_model import preprocess  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    data_dir = require("mnist.npz", "aclImdb_v1_labeled.tar.gz")
+def quick_run(tmp_path_factory, quick_data_dir):
+    data_dir = quick_data_dir
     repo = tmp_path_factory.mktemp("repository")
     summaries = pipeline.run(pipeline.Options(data_dir=str(data_dir), repository=str(repo), quick=True))
     return repo, {s["model"]: s for s in summaries}, data_dir
