@@ -174,3 +174,12 @@ def access_log_ms(log: str, status: str) -> list[float]:
 
     pattern = re.compile(rf"status={re.escape(status)} ms=([0-9.]+)")
     return [float(m.group(1)) for m in pattern.finditer(log)]
+
+
+def traceback_report(log: str, limit: int = 3) -> str:
+    """The first ``limit`` suspicious log lines, each with the 25 lines that follow it."""
+    lines = log.splitlines()
+    markers = ("Traceback", "failed unexpectedly", "never retrieved", "Task was destroyed",
+               "Exception in callback")
+    hits = [i for i, line in enumerate(lines) if any(m in line for m in markers)]
+    return "\n----\n".join("\n".join(lines[max(i - 3, 0):i + 25]) for i in hits[:limit])
