@@ -40,6 +40,10 @@ proto: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY)
 
+SOAK_DURATION_S ?= 600
+soak: $(VENV)/.serve
+	$(PY) -m server.soak --model-repository $(MODEL_REPOSITORY) --duration-s $(SOAK_DURATION_S)
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
 

@@ -75,6 +75,13 @@ class ModelRepository:
                                   "symbolic links leading out are refused")
         return path
 
+    def _inside(self, name: str, path: Path) -> bool:
+        """False (and a warning) for a file or folder that a symlink leads out of the repository."""
+        if path.resolve().is_relative_to(self.root):
+            return True
+        log.warning("model %s: %s leads outside the repository; ignored", name, path)
+        return False
+
     def discover(self) -> list[str]:
         """Model names: folders of the repository that hold a config.pbtxt."""
         names = []
@@ -105,6 +112,9 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Load (or reload) every version the policy selects; swap in atomically."""
         path = self.model_dir(name)
+        if not self._inside(name, path / CONFIG_FILE):
+            raise RepositoryError(f"model {name!r}: its config.pbtxt leads outside the "
+                                  "repository; symbolic links leading out are refused")
         entry = self._entries.setdefault(name, ModelEntry(name))
         async with entry.lock:
             entry.wanted = True
@@ -141,7 +151,8 @@ class ModelRepository:
         loop = asyncio.get_running_loop()
         spec = await loop.run_in_executor(None, read_model_config, path)
         available = [int(c.name) for c in path.iterdir()
-                     if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()]
+                     if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()
+                     and self._inside(name, c / spec.model_filename)]
         chosen = spec.version_policy.select(available)
         if not chosen:
             raise ModelLoadError(f"model {name!r}: no version folder with "

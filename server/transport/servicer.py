@@ -8,6 +8,7 @@ else is logged with its traceback and answered INTERNAL without details.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import time
@@ -237,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _check_control(self, context, action: str) -> None:
         if self._api_secret:
             sent = dict(context.invocation_metadata() or ()).get(self._api_header)
-            if sent != self._api_secret:
+            if sent is None or not hmac.compare_digest(sent.encode(), self._api_secret.encode()):
                 raise PermissionDeniedError(f"repository {action} is restricted: send the "
                                             f"'{self._api_header}' header with the key")
         if self._control != "explicit":

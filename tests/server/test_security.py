@@ -104,6 +104,28 @@ def test_symlink_out_of_the_repository_is_not_listed_or_loaded(locked_stub, lock
     assert code == grpc.StatusCode.OK, message
 
 
+def test_symlinked_version_folder_or_config_leading_out_is_refused(models_dir, tmp_path):
+    """Inside a real model folder, a version or config.pbtxt symlinked out is not followed."""
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    copy_mnist(models_dir, repo, MNIST_BATCHING)
+    copy_mnist(models_dir, outside, MNIST_BATCHING, name="elsewhere")
+    (repo / "mnist" / "7").symlink_to(outside / "elsewhere" / "1", target_is_directory=True)
+    copy_mnist(models_dir, repo, MNIST_BATCHING, name="linked")
+    (repo / "linked" / "config.pbtxt").unlink()
+    (repo / "linked" / "config.pbtxt").symlink_to(outside / "elsewhere" / "config.pbtxt")
+    proc = ServerProcess(repo, "--model-control-mode", "explicit", "--startup-models", "mnist")
+    try:
+        client = stub(proc.address)
+        meta = client.ModelMetadata(pb.ModelMetadataRequest(name="mnist"), timeout=10)
+        assert list(meta.versions) == ["1"]  # version 7 leads out: not served
+        code, message = _code(client.RepositoryModelLoad,
+                              pb.RepositoryModelLoadRequest(model_name="linked"))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "outside" in message, message
+    finally:
+        proc.stop()
+    assert "leads outside the repository" in proc.log
+
+
 # ---- API key on repository control -------------------------------------------------------
 @pytest.mark.parametrize("metadata", [None, ((API_HEADER, "wrong"),), ((API_HEADER, ""),),
                                       (("x-other-key", API_SECRET),),
