@@ -17,6 +17,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="models", help="model repository to write (default: models)")
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 epoch, no accuracy gates (also QUICK=1)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--sentiment-architecture", default="bigram_bag", choices=("cnn", "bilstm", "bigram_bag"),
+                   help="sentiment model body (default: bigram_bag)")
     p.add_argument("--epochs-mnist", type=int, default=None, help="override the MNIST epoch count")
     p.add_argument("--epochs-sentiment", type=int, default=None, help="override the sentiment epoch count")
     return parser
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs = {k: v for k, v in (("mnist", args.epochs_mnist), ("sentiment", args.epochs_sentiment)) if v}
     quick = args.quick or os.environ.get("QUICK", "").strip().lower() in ("1", "true", "yes")
     opts = pipeline.Options(data_dir=datasets.resolve_data_dir(args.data_dir), repository=args.repository,
-                            quick=quick, models=models, epochs=epochs)
+                            quick=quick, models=models, epochs=epochs,
+                            sentiment_architecture=args.sentiment_architecture)
     if opts.data_dir and not os.path.isdir(opts.data_dir):
         # Fail before importing TensorFlow or trying a download.
         print(f"error: data directory {opts.data_dir!r} does not exist; set DATA_DIR or pass --data-dir",

@@ -17,6 +17,12 @@ SEED = 1337
 # Release gates on the full test sets (quick mode skips them, never the parity check).
 TARGETS = {"mnist": 0.993, "sentiment": 0.890}
 MODELS = ("mnist", "sentiment")
+SENTIMENT_DESCRIPTIONS = {
+    "cnn": "Embedding -> Conv1D (3-gram filters) -> global max pooling -> Dense -> Dropout -> sigmoid.",
+    "bilstm": "Embedding -> Bidirectional LSTM -> global max pooling -> Dense -> Dropout -> sigmoid.",
+    "bigram_bag": "fastText-style bag of n-grams: mean of word embeddings and hashed word-bigram "
+                  "embeddings over the review's tokens -> Dropout -> Dense sigmoid (a linear model).",
+}
 
 
 class AccuracyTargetError(RuntimeError):
@@ -30,6 +36,7 @@ class Options:
     quick: bool = False
     models: tuple[str, ...] = MODELS
     epochs: dict = field(default_factory=dict)  # model name -> epoch override
+    sentiment_architecture: str = "bigram_bag"
 
     @property
     def verbose(self) -> int:
@@ -97,7 +104,7 @@ def run_mnist(opts: Options) -> dict:
 
 
 def run_sentiment(opts: Options) -> dict:
-    params = sentiment_model.SentimentParams()
+    params = sentiment_model.default_params(opts.sentiment_architecture)
     if opts.quick:
         params.epochs, params.train_limit, params.test_limit = 1, 1000, 1000
         params.vocab_size, params.max_tokens, params.buckets = 2000, 128, (32, 64, 128)
@@ -132,9 +139,8 @@ def run_sentiment(opts: Options) -> dict:
                        seconds, epochs_run)
     card = _card(opts, summary, params.to_dict(), history,
                  data_hashes=_data_hashes(opts.data_dir, ["aclImdb*.tar.gz"]),
-                 description="Binary sentiment of English movie reviews (IMDB): Embedding -> "
-                             f"{params.architecture} ({'Conv1D n-gram filters' if params.architecture == 'cnn' else 'Bidirectional LSTM'})"
-                             " -> global max pooling -> Dense -> Dropout -> sigmoid.",
+                 description="Binary sentiment of English movie reviews (IMDB): "
+                             + SENTIMENT_DESCRIPTIONS[params.architecture],
                  interface={"served_input": "`text` TYPE_STRING dims [1] (+ batch): one raw review, UTF-8",
                             "served_output": "`probability` TYPE_FP32 dims [1]: P(positive)",
                             "onnx": "`token_ids` int32 [batch,tokens] -> `probability` float32 [batch,1]",

@@ -112,5 +112,7 @@ def _markdown(card: dict) -> str:
         "- Libraries: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()), "",
         "## Limitations", "", card["limitations"], "",
     ]
+    if card.get("notes"):
+        lines += ["## Notes", "", card["notes"], ""]
     lines += [f"![{img}]({img})" for img in card.get("figures", [])]
     return "\n".join(lines) + "\n"
