@@ -1,4 +1,4 @@
-"""IMDB review sentiment: Embedding -> Conv1D (or BiLSTM) -> global max pooling -> dense (Keras 3).
+"""IMDB review sentiment models (Keras 3): a fastText-style bigram bag (default), Conv1D or BiLSTM.
 
 Every example is tokenized with ``server.tokenizer`` and pre-padded to ITS bucket
 length; batches only hold examples of one bucket. The server does exactly the same,
@@ -138,7 +138,6 @@ def _bigram_bag_layer(params: SentimentParams):
     (Mul/Add/Mod/Gather) export to ONNX directly; the mean ignores padding, so the
     output does not depend on the bucket length at all.
     """
-    import keras
     from keras import layers, ops
 
     class BigramBag(layers.Layer):
