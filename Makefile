@@ -34,6 +34,10 @@ test: $(VENV)/.dev
 train-export: $(VENV)/.dev
 	$(PY) -m training train-export --data-dir $(DATA_DIR) --repository $(MODEL_REPOSITORY)
 
+# The pipeline end to end on small subsets (< 2 min), into out/ so models/ stays as committed.
+quick-train: $(VENV)/.dev
+	QUICK=1 $(PY) -m training train-export --data-dir $(DATA_DIR) --repository out/quick-models
+
 proto: $(VENV)/.dev
 	PYTHON=$(PY) tools/gen_proto.sh
 
