@@ -22,6 +22,8 @@ SENTIMENT_DESCRIPTIONS = {
     "bilstm": "Embedding -> Bidirectional LSTM -> global max pooling -> Dense -> Dropout -> sigmoid.",
     "bigram_bag": "fastText-style bag of n-grams: mean of word embeddings and hashed word-bigram "
                   "embeddings over the review's tokens -> Dropout -> Dense sigmoid (a linear model).",
+    "bilstm_bigram": "Embedding -> Bidirectional LSTM -> global max pooling, concatenated with a "
+                     "fastText-style bag of word and hashed word-pair embeddings -> sigmoid.",
 }
 
 
@@ -36,7 +38,7 @@ class Options:
     quick: bool = False
     models: tuple[str, ...] = MODELS
     epochs: dict = field(default_factory=dict)  # model name -> epoch override
-    sentiment_architecture: str = "bigram_bag"
+    sentiment_architecture: str = "bilstm_bigram"
 
     @property
     def verbose(self) -> int:

@@ -84,3 +84,14 @@ def test_serving_path_needs_no_tensorflow():
     code = ("import sys, server.tokenizer, training.datasets, onnxruntime; "
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'TF imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_committed_sentiment_runs_a_native_lstm():
+    """The recurrent part must export as ONNX LSTM ops: a Loop/Scan runs ~8x slower."""
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(REPOSITORY / "sentiment" / "1" / "model.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "LSTM" in ops, sorted(ops)
+    assert not ops & {"Loop", "Scan", "GRU"}, sorted(ops)
+    assert [i.name for i in graph.input] == ["token_ids"]
+    assert [o.name for o in graph.output] == ["probability"]
