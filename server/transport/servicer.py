@@ -34,8 +34,8 @@ except ImportError:  # pragma: no cover - a grpcio without it: nothing to catch
 log = logging.getLogger("server.grpc")
 access_log = logging.getLogger("server.access")
 
-EXTENSIONS = ("model_configuration", "statistics", "model_repository",
-              "model_repository(unload_dependents)", "schedule_policy")
+# Only what is really served: Triton clients decide what to call from this list.
+EXTENSIONS = ("model_configuration", "statistics", "model_repository")
 
 
 # Status details travel percent-encoded in a trailer, and gRPC clients drop trailers over
