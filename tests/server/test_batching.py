@@ -52,6 +52,8 @@ def test_text_requests_batch_by_length_bucket(server, grpc_stub):
     responses = asyncio.run(_fire(server.address, requests))
     after = _stats(grpc_stub, "sentiment")
     got = [output(r, "probability")[0, 0] for r in responses]
-    assert got[:4] == alone[:4] and got[32:36] == alone[4:]  # bucketing: same scores
+    # Bucketing: never padded to a neighbour's length, so the same score up to the float
+    # rounding a different batch size brings (ORT sums in another order).
+    np.testing.assert_allclose(got[:4] + got[32:36], alone, rtol=1e-4, atol=1e-6)
     assert after.inference_count - before.inference_count == 64
     assert after.execution_count - before.execution_count < 64
