@@ -13,7 +13,6 @@ import logging
 import math
 import time
 
-import grpc
 
 from server import __version__
 from server.errors import (InternalError, ModelControlDisabledError, PermissionDeniedError,

@@ -7,7 +7,6 @@ the test process (both register the same protobuf symbols).
 from __future__ import annotations
 
 import shutil
-import struct
 import time
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import numpy as np
 
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-
-_LENGTH = struct.Struct("<I")
+# One home for wire helpers; the old names stay for the reliability tests.
+from tests.server.wire import bytes_raw as encode_bytes  # noqa: F401
+from tests.server.wire import image_request, text_request
+from tests.server.wire import output as output_array  # noqa: F401
 
 
 def stub(address: str) -> pb_grpc.GRPCInferenceServiceStub:
@@ -30,41 +31,14 @@ def aio_stub(address: str) -> tuple[grpc.aio.Channel, pb_grpc.GRPCInferenceServi
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
 
-def encode_bytes(items) -> bytes:
-    return b"".join(_LENGTH.pack(len(item)) + item for item in items)
-
-
 def mnist_request(images: np.ndarray, *, raw: bool = True, request_id: str = "",
                   model: str = "mnist") -> pb.ModelInferRequest:
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    request = pb.ModelInferRequest(model_name=model, id=request_id)
-    tensor = request.inputs.add(name="image", datatype="FP32", shape=images.shape)
-    if raw:
-        request.raw_input_contents.append(images.tobytes())
-    else:
-        tensor.contents.fp32_contents.extend(images.ravel().tolist())
-    return request
+    return image_request(images, model=model, raw=raw, id=request_id)
 
 
 def sentiment_request(texts: list[bytes], *, raw: bool = True,
                       request_id: str = "") -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="sentiment", id=request_id)
-    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
-    if raw:
-        request.raw_input_contents.append(encode_bytes(texts))
-    else:
-        tensor.contents.bytes_contents.extend(texts)
-    return request
-
-
-def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
-    for index, tensor in enumerate(response.outputs):
-        if tensor.name == name:
-            assert tensor.datatype == "FP32", tensor.datatype
-            data = np.frombuffer(response.raw_output_contents[index], dtype=np.float32)
-            return data.reshape(tuple(tensor.shape))
-    raise AssertionError(f"response has no output {name!r}: "
-                         f"{[t.name for t in response.outputs]}")
+    return text_request(texts, raw=raw, id=request_id)
 
 
 class MnistReference:

@@ -11,28 +11,41 @@ import onnxruntime as ort
 from server.protocol import grpc_service_pb2 as pb
 
 
-def image_request(images: np.ndarray, model: str = "mnist", **kwargs) -> pb.ModelInferRequest:
+def image_request(images: np.ndarray, model: str = "mnist", raw: bool = True,
+                  **kwargs) -> pb.ModelInferRequest:
+    """FP32 images as raw_input_contents, or as typed contents with ``raw=False``."""
+    images = np.ascontiguousarray(images, np.float32)
     request = pb.ModelInferRequest(model_name=model, **kwargs)
-    request.inputs.add(name="image", datatype="FP32", shape=images.shape)
-    request.raw_input_contents.append(np.ascontiguousarray(images, np.float32).tobytes())
+    tensor = request.inputs.add(name="image", datatype="FP32", shape=images.shape)
+    if raw:
+        request.raw_input_contents.append(images.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(images.ravel().tolist())
     return request
 
 
 def bytes_raw(values: list[bytes]) -> bytes:
+    """BYTES elements in raw form: a 4-byte little-endian length, then the bytes."""
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def text_request(texts: list[str], model: str = "sentiment", **kwargs) -> pb.ModelInferRequest:
+def text_request(texts: list[str | bytes], model: str = "sentiment", raw: bool = True,
+                 **kwargs) -> pb.ModelInferRequest:
+    """One text per row; ``bytes`` items travel as they are (invalid UTF-8 included)."""
+    items = [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]
     request = pb.ModelInferRequest(model_name=model, **kwargs)
-    request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
-    request.raw_input_contents.append(bytes_raw([t.encode("utf-8") for t in texts]))
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(items), 1])
+    if raw:
+        request.raw_input_contents.append(bytes_raw(items))
+    else:
+        tensor.contents.bytes_contents.extend(items)
     return request
 
 
 def output(response: pb.ModelInferResponse, name: str) -> np.ndarray:
     for index, tensor in enumerate(response.outputs):
         if tensor.name == name:
-            assert tensor.datatype == "FP32"
+            assert tensor.datatype == "FP32", tensor.datatype
             raw = response.raw_output_contents[index]
             return np.frombuffer(raw, np.float32).reshape(tuple(tensor.shape))
     raise AssertionError(f"no output {name!r} in {[t.name for t in response.outputs]}")
