@@ -13,7 +13,6 @@ import logging
 import math
 import time
 
-
 from server import __version__
 from server.errors import (InternalError, ModelControlDisabledError, PermissionDeniedError,
                            ServerDrainingError, ServingError)
