@@ -21,6 +21,8 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "BYTES": np.dtype(object),
 }
 
+NUMPY_TO_V2: dict[np.dtype, str] = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
+
 # Triton's model_config DataType enum names (TYPE_FP32, TYPE_STRING, ...) -> V2 names.
 CONFIG_TO_V2: dict[str, str] = {
     "TYPE_BOOL": "BOOL",
@@ -54,10 +56,3 @@ ORT_TO_V2: dict[str, str] = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
-
-
-def element_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size V2 datatype (BYTES has none: -1)."""
-    if datatype == "BYTES":
-        return -1
-    return V2_TO_NUMPY[datatype].itemsize

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from server.batcher import BatchTimes, Completed, DynamicBatcher
-from server.datatypes import V2_TO_NUMPY
+from server.datatypes import NUMPY_TO_V2
 from server.errors import InvalidInputError, ModelLoadError, ServingError
 from server.model_config import ModelSpec, TensorSpec
 from server.preprocess import TEXT_PREPROCESSOR, TextPreprocessor, build_text_preprocessor
@@ -20,8 +20,6 @@ from server.runtime import OnnxSession, RuntimeOptions
 from server.stats import ModelStats
 
 log = logging.getLogger("server.model")
-
-_NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
 
 
 @dataclass(frozen=True)
@@ -197,7 +195,7 @@ class ModelVersion:
     def _check_input(self, tensor: TensorSpec, value: np.ndarray, rows: int) -> int:
         where = f"model {self.name!r} input {tensor.name!r}"
         if value.dtype != tensor.numpy_dtype:
-            got = _NUMPY_TO_V2.get(value.dtype, str(value.dtype))
+            got = NUMPY_TO_V2.get(value.dtype, str(value.dtype))
             raise InvalidInputError(f"{where}: datatype {got}, expected {tensor.datatype}")
         max_batch = self.spec.max_batch_size
         dims = tensor.dims

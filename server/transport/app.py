@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,7 +41,6 @@ class RunningServer:
     health: health.aio.HealthServicer
     grpc_port: int
     stop_event: asyncio.Event
-    extras: list = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -134,14 +133,13 @@ async def drain_and_stop(running: RunningServer) -> None:
     log.info("stopped")
 
 
-async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
+async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
     metrics = None
     if config.metrics_enabled:
         from server.metrics import ServerMetrics
         metrics = ServerMetrics()
-        observer = metrics.observe if observer is None else _both(metrics.observe, observer)
-    running = await build_server(config, observer)
+    running = await build_server(config, metrics.observe if metrics else None)
     if metrics is not None:
         # Before the models load: their load events feed the metrics, and the endpoint
         # answers (server_ready 0) while they warm up.
@@ -151,8 +149,6 @@ async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
     await start(running)
-    if on_started is not None:
-        on_started(running)
     poller = None
     if config.model_control_mode == "poll":
         poller = loop.create_task(_poll_forever(running))
@@ -163,13 +159,6 @@ async def serve(config: ServerConfig, observer=None, on_started=None) -> None:
     await drain_and_stop(running)
     if metrics is not None:
         metrics.stop_http()
-
-
-def _both(first, second):
-    def observe(*args) -> None:
-        first(*args)
-        second(*args)
-    return observe
 
 
 async def _poll_forever(running: RunningServer) -> None:
