@@ -66,7 +66,7 @@ def build_text_preprocessor(parameters: dict[str, str], version_dir: Path, input
         raise ModelLoadError(f"{where}: {TEXT_PREPROCESSOR}={config_file!r} must be a file "
                              f"name inside {version_dir}")
     try:
-        tokenizer = Tokenizer.from_directory(version_dir)
+        tokenizer = Tokenizer.from_directory(version_dir, config_file)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{where}: cannot read the tokenizer in {version_dir}: "
                              f"{exc}") from None

@@ -125,8 +125,8 @@ class Tokenizer:
         return len(self.vocabulary) + FIRST_WORD_ID
 
     @classmethod
-    def from_directory(cls, path: str | os.PathLike) -> "Tokenizer":
-        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+    def from_directory(cls, path: str | os.PathLike, config_file: str = CONFIG_FILE) -> "Tokenizer":
+        with open(os.path.join(path, config_file), encoding="utf-8") as f:
             config = TokenizerConfig.from_dict(json.load(f))
         with open(os.path.join(path, config.vocabulary_file), encoding="utf-8") as f:
             vocabulary = f.read().split("\n")
