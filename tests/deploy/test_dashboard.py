@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.deploy.manifests import MONITORING, documents
+from tests.server.loadkit import scrape
 from tests.server.wire import image_request, text_request
 
 # Exported only where NVML sees a GPU (nvidia-ml-py in the GPU image): exempt when the
@@ -82,14 +81,10 @@ def scraped_names(models_dir) -> set[str]:
         with pytest.raises(grpc.RpcError):  # a failure, so error series exist
             stub.ModelInfer(image_request(np.zeros((1, 27, 28, 1), np.float32)), timeout=30)
         channel.close()
-        url = f"http://127.0.0.1:{proc.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            assert reply.status == 200
-            text = reply.read().decode()
+        samples = scrape(proc.metrics_port)
     finally:
         proc.stop()
-    return {sample.name for family in text_string_to_metric_families(text)
-            for sample in family.samples}
+    return {name for name, _ in samples}
 
 
 @pytest.mark.parametrize("source", ["dashboard", "alerts"])

@@ -130,6 +130,7 @@ def scrape(metrics_port: int) -> dict[tuple[str, tuple], float]:
 
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

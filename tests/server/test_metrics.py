@@ -7,17 +7,16 @@ deltas between two scrapes around its own traffic.
 from __future__ import annotations
 
 import json
-import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics import LATENCY_BUCKETS, LoopHistogram
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
+from tests.server.loadkit import scrape as scrape_port
 
 SECRET = "SECRET-PAYLOAD-7f3a9c"
 
@@ -39,15 +38,7 @@ def stub(observed):
 def scrape(proc: ServerProcess) -> dict[tuple, float]:
     """Every sample of /metrics as {(name, sorted label items): value}."""
     assert proc.metrics_port, "the server did not log its metrics port"
-    url = f"http://127.0.0.1:{proc.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return scrape_port(proc.metrics_port)
 
 
 def value(samples: dict, name: str, **labels) -> float:
