@@ -36,6 +36,7 @@ import numpy as np
 
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
+from server.transport.convert import encode_bytes
 
 _PORT_RE = re.compile(r"gRPC listening on \S+:(\d+)")
 _BAD_LOG = ("Traceback", "failed unexpectedly", "never retrieved", "Task was destroyed")
@@ -101,10 +102,6 @@ class Server:
 
 
 # ---- requests --------------------------------------------------------------------------
-def _bytes_tensor(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
 def mnist_request(images: np.ndarray) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="mnist")
     request.inputs.add(name="image", datatype="FP32", shape=images.shape)
@@ -115,7 +112,7 @@ def mnist_request(images: np.ndarray) -> pb.ModelInferRequest:
 def sentiment_request(texts: list[bytes]) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="sentiment")
     request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
-    request.raw_input_contents.append(_bytes_tensor(texts))
+    request.raw_input_contents.append(encode_bytes(np.array(texts, dtype=object)))
     return request
 
 
