@@ -9,7 +9,7 @@ GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 export DATA_DIR
 
-.PHONY: serve test train-export quick-train proto bench soak container-test clean
+.PHONY: serve test train-export quick-train proto bench soak abuse container-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: $(VENV)/.dev
 SOAK_DURATION_S ?= 600
 soak: $(VENV)/.serve
 	$(PY) -m server.soak --model-repository $(MODEL_REPOSITORY) --duration-s $(SOAK_DURATION_S)
+
+# Attacks a fresh server (huge, lying and heavy requests, scrapes, HTTP/2 floods, idle
+# connections) and prints the harm to bystander clients; exit 1 when a goal is missed.
+abuse: $(VENV)/.dev
+	$(PY) -m server.abuse --model-repository $(MODEL_REPOSITORY)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -25,8 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:
         pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+    from server.errors import StartupError
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(config))
+    except StartupError as exc:
+        logging.getLogger("server").error("%s", exc)
+        logging.shutdown()
+        return 1
     logging.shutdown()
     return 0
 

@@ -34,6 +34,22 @@ class ServerConfig:
     use_gpu: bool = True  # CUDA execution provider when onnxruntime-gpu finds a GPU
     drain_timeout_s: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    # Sum of inference request bytes held at once; past it requests get
+    # RESOURCE_EXHAUSTED. 256 MiB: with parsing copies, well inside a 2 GiB pod.
+    max_inflight_request_bytes: int = 256 * 1024 * 1024
+    # HTTP/2 limits (gRPC). Concurrent streams per connection: grpcio serves unlimited
+    # by default, and a client that opens and resets streams without end then gets
+    # other clients' calls CANCELLED (measured: 49 of 932; none at 128 or 1,024). Kept
+    # well above real clients' concurrency: a client that opens more streams than this
+    # on a fresh connection sees the extra calls refused (UNAVAILABLE, RST_STREAM 7).
+    # Idle connections close (clients reconnect on their next call), so abandoned
+    # ones cannot pile up to the file-descriptor limit.
+    grpc_max_concurrent_streams: int = 1024
+    grpc_max_connection_idle_s: float = 300.0
+    grpc_max_connection_age_s: float = 0.0  # 0 = no limit; set it to rebalance behind an L4 LB
+    grpc_max_connection_age_grace_s: float = 30.0
+    grpc_keepalive_time_s: float = 60.0  # ping idle clients to find dead connections
+    grpc_keepalive_timeout_s: float = 20.0
     model_control_mode: str = "none"
     repository_poll_interval_s: float = 15.0
     # Models to load at start in explicit mode (Triton's --load-model); empty = all.
@@ -57,6 +73,18 @@ class ServerConfig:
         if self.max_message_bytes < 1024:
             raise ValueError(
                 f"max_message_bytes must be at least 1024, got {self.max_message_bytes!r}")
+        if self.max_inflight_request_bytes < self.max_message_bytes:
+            raise ValueError("max_inflight_request_bytes must be at least max_message_bytes "
+                             f"({self.max_message_bytes}), got "
+                             f"{self.max_inflight_request_bytes!r}")
+        if self.grpc_max_concurrent_streams < 1:
+            raise ValueError("grpc_max_concurrent_streams must be >= 1, got "
+                             f"{self.grpc_max_concurrent_streams!r}")
+        for name in ("grpc_max_connection_idle_s", "grpc_max_connection_age_s",
+                     "grpc_max_connection_age_grace_s", "grpc_keepalive_time_s",
+                     "grpc_keepalive_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)!r}")
         if self.model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, "
                              f"got {self.model_control_mode!r}")
@@ -110,6 +138,15 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("use_gpu", _bool, "use the CUDA execution provider when available"),
     ("drain_timeout_s", float, "seconds to finish in-flight work after SIGTERM"),
     ("max_message_bytes", int, "largest gRPC message accepted or sent"),
+    ("max_inflight_request_bytes", int, "inference request bytes held at once; more are "
+     "refused with RESOURCE_EXHAUSTED"),
+    ("grpc_max_concurrent_streams", int, "HTTP/2 streams (calls) at once per connection"),
+    ("grpc_max_connection_idle_s", float, "close a connection idle this long (0 = never)"),
+    ("grpc_max_connection_age_s", float, "close connections this old, gracefully (0 = never)"),
+    ("grpc_max_connection_age_grace_s", float, "calls' time to finish on an aged connection"),
+    ("grpc_keepalive_time_s", float, "ping a silent client after this long (0 = never)"),
+    ("grpc_keepalive_timeout_s", float, "close the connection when a ping is not answered "
+     "this fast"),
     ("model_control_mode", str, "none | explicit | poll"),
     ("repository_poll_interval_s", float, "seconds between repository scans in poll mode"),
     ("startup_models", _csv, "comma-separated models to load at start in explicit mode"),
@@ -123,14 +160,28 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
 )
 
 
+def _shown(value) -> str:
+    """A default as a user would type it (argparse's own help shows None here)."""
+    if value is None or value == () or value == "":
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value).replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="KServe v2 / Triton-protocol gRPC inference server for ONNX models. "
                     "Every flag can also be set as SERVE_<FLAG_NAME> in the environment.")
+    defaults = {f.name: f.default for f in fields(ServerConfig)}
     for name, kind, help_text in _OPTIONS:
+        default = _shown(defaults[name])
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
-                            default=None, help=f"{help_text} (env SERVE_{name.upper()})")
+                            default=None, help=f"{help_text} (default: {default}; env "
+                                               f"SERVE_{name.upper()})")
     return parser
 
 

@@ -37,6 +37,12 @@ class QueueFullError(ServingError):
     reason = "queue_full"
 
 
+class OverloadedError(ServingError):
+    """The server already holds as many request bytes as it may: refused at once."""
+
+    reason = "overloaded"
+
+
 class DeadlineExceededError(ServingError):
     """The request's deadline or queue timeout passed before it could run."""
 
@@ -77,3 +83,7 @@ class InternalError(ServingError):
     """A bug or an unexpected runtime failure; details go to the log, not the client."""
 
     reason = "internal"
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (a port in use, say): one line for the operator."""

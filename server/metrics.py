@@ -25,10 +25,12 @@ from collections import Counter as Tally
 from dataclasses import dataclass, field
 
 from prometheus_client import (CollectorRegistry, GCCollector, PlatformCollector,
-                               ProcessCollector, start_http_server)
+                               ProcessCollector)
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
+
+from server import connections, metrics_http
 
 log = logging.getLogger("server.metrics")
 
@@ -144,6 +146,7 @@ class ServerMetrics:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http = None
         self.registry.register(_ModelCollector(self))
+        self.registry.register(_ConnectionCollector(self))
         gpu = gpu_collector()
         if gpu is not None:
             self.registry.register(gpu)
@@ -157,15 +160,14 @@ class ServerMetrics:
 
     def start_http(self, host: str, port: int) -> int:
         """Serve /metrics in a daemon thread; returns the bound port (0 = OS picks)."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = metrics_http.start(host, port, self.registry)
         bound = self._http.server_address[1]
         log.info("metrics listening on http://%s:%d/metrics", host, bound)
         return bound
 
     def stop_http(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            metrics_http.stop(self._http)
             self._http = None
 
     # ---- hooks (event loop thread) -----------------------------------------------------
@@ -221,8 +223,10 @@ class ServerMetrics:
             load_seconds=v.load_seconds, last_inference_ms=v.stats.last_inference_ms,
             histograms=self._histogram_copies(v.name, str(v.version)))
             for v in repository.loaded_versions()]
+        # The models the repository knows, without rescanning its folder here: a scrape
+        # must cost the event loop next to nothing.
         readiness = [(row.name, row.version, row.state == "READY")
-                     for row in repository.index()]
+                     for row in repository.index(scan=False)]
         failures = {}
         for name, _, _ in readiness:
             entry = repository.entry(name)
@@ -321,6 +325,22 @@ def _cumulative(histogram: LoopHistogram) -> list[tuple[str, int]]:
         total += count
         buckets.append((floatToGoString(bound), total))
     return buckets
+
+
+class _ConnectionCollector:
+    """Open client connections to the gRPC port, read from /proc at scrape time."""
+
+    def __init__(self, metrics: ServerMetrics):
+        self._metrics = metrics
+
+    def collect(self):
+        family = GaugeMetricFamily(f"{PREFIX}_grpc_connections", "Established TCP "
+                                   "connections to the gRPC port (Linux only)")
+        running = self._metrics._running
+        count = connections.established(running.grpc_port) if running is not None else None
+        if count is not None:
+            family.add_metric([], count)
+        return [family]
 
 
 class _GpuCollector:

@@ -128,7 +128,12 @@ class ModelVersion:
         self.stats.in_flight += 1
         try:
             wanted = self._requested(outputs)
-            parts = self.prepare(inputs)
+            if self.preprocessor is not None and self.preprocessor.is_heavy(inputs):
+                # Long texts tokenize in a worker thread: the event loop keeps serving.
+                parts = await asyncio.get_running_loop().run_in_executor(
+                    None, self.prepare, inputs)
+            else:
+                parts = self.prepare(inputs)
             # Tokenizing time, for the text models that do any.
             preprocess_s = None if self.preprocessor is None else time.monotonic() - started
             futures: list[asyncio.Future] = []
@@ -165,12 +170,26 @@ class ModelVersion:
                                         f"outputs are {list(self._output_names)}")
         return outputs
 
+    def check_inputs(self, inputs: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Names, datatypes, shapes and batch size of a request, from its header alone.
+
+        ``inputs`` maps each input name to (V2 datatype, shape). Transports call this
+        before decoding any data, so a wrong shape or an oversized batch costs nothing.
+        """
+        self._check_names(inputs)
+        rows = 0
+        for tensor in self.spec.inputs:
+            datatype, shape = inputs[tensor.name]
+            rows = self._check_input(tensor, datatype, shape, rows)
+
     def prepare(self, inputs: dict[str, np.ndarray]) -> list[Part]:
         """Check inputs against the config and turn them into batch parts."""
         self._check_names(inputs)
         rows = 0
         for tensor in self.spec.inputs:
-            rows = self._check_input(tensor, inputs[tensor.name], rows)
+            value = inputs[tensor.name]
+            datatype = NUMPY_TO_V2.get(value.dtype, str(value.dtype))
+            rows = self._check_input(tensor, datatype, value.shape, rows)
         if self.preprocessor is not None:
             values = inputs[self.preprocessor.input_name]
             name = self.preprocessor.output_name
@@ -179,7 +198,7 @@ class ModelVersion:
         key = tuple(value.shape[1:] for value in feeds.values())
         return [Part(feeds, max(rows, 1), key)]
 
-    def _check_names(self, inputs: dict[str, np.ndarray]) -> None:
+    def _check_names(self, inputs) -> None:
         expected = [t.name for t in self.spec.inputs]
         missing = [n for n in expected if n not in inputs]
         extra = [n for n in inputs if n not in expected]
@@ -192,14 +211,12 @@ class ModelVersion:
             raise InvalidInputError(f"model {self.name!r} inputs: {', '.join(parts)}; it "
                                     f"takes exactly {expected}")
 
-    def _check_input(self, tensor: TensorSpec, value: np.ndarray, rows: int) -> int:
+    def _check_input(self, tensor: TensorSpec, datatype: str, shape: tuple, rows: int) -> int:
         where = f"model {self.name!r} input {tensor.name!r}"
-        if value.dtype != tensor.numpy_dtype:
-            got = NUMPY_TO_V2.get(value.dtype, str(value.dtype))
-            raise InvalidInputError(f"{where}: datatype {got}, expected {tensor.datatype}")
+        if datatype != tensor.datatype:
+            raise InvalidInputError(f"{where}: datatype {datatype}, expected {tensor.datatype}")
         max_batch = self.spec.max_batch_size
         dims = tensor.dims
-        shape = value.shape
         expected = ([-1] if max_batch else []) + list(dims)
         if len(shape) != len(expected) or any(
                 e != -1 and s != e for s, e in zip(shape, expected)):

@@ -60,6 +60,7 @@ class ModelRepository:
         self._drain_timeout_s = drain_timeout_s
         self._entries: dict[str, ModelEntry] = {}
         self._retired: set[asyncio.Task] = set()
+        self._discovered: tuple[str, ...] = ()  # model folders found by the last scan
         self.listeners: list = []  # callables(event, name, version, seconds, reason)
 
     # ---- discovery --------------------------------------------------------------------
@@ -93,6 +94,7 @@ class ModelRepository:
                     log.warning("skipping %s: %s", child, exc)
                     continue
                 names.append(child.name)
+        self._discovered = tuple(names)
         return names
 
     def fingerprint(self, name: str) -> tuple:
@@ -273,13 +275,18 @@ class ModelRepository:
             return [f"the repository {self.root} holds no model folder with a config.pbtxt"]
         return [f"{e.name}: {e.reason}" for e in wanted if not e.versions]
 
-    def index(self, ready_only: bool = False) -> list[IndexRow]:
+    def index(self, ready_only: bool = False, scan: bool = True) -> list[IndexRow]:
+        """One row per version served, or per model not serving. ``scan=False`` lists
+        the folders found by the last scan instead of reading the repository again."""
         rows = []
         names = set(self._entries)
-        try:
-            names.update(self.discover())
-        except OSError:
-            pass
+        if scan:
+            try:
+                names.update(self.discover())
+            except OSError:
+                pass
+        else:
+            names.update(self._discovered)
         for name in sorted(names):
             entry = self._entries.get(name)
             if entry is not None and entry.versions:

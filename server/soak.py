@@ -39,9 +39,10 @@ from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.transport.convert import encode_bytes
 
 _PORT_RE = re.compile(r"gRPC listening on \S+:(\d+)")
+_METRICS_RE = re.compile(r"metrics listening on http://\S+:(\d+)/metrics")
 _BAD_LOG = ("Traceback", "failed unexpectedly", "never retrieved", "Task was destroyed")
 TEXTS = [b"a wonderful, moving film with great acting", b"dull, slow and far too long",
-         b"", "caf\u00e9 \u2603 d\u00e9j\u00e0 vu".encode(), b"ok " * 400]
+         "caf\u00e9 \u2603 d\u00e9j\u00e0 vu".encode(), b"ok " * 400]
 
 
 # ---- the server under test -------------------------------------------------------------
@@ -57,6 +58,7 @@ class Server:
                                      text=True, errors="replace",
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self.bad_lines: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=50)
         self._ready = threading.Event()
@@ -68,6 +70,8 @@ class Server:
             self.tail.append(line)
             if (m := _PORT_RE.search(line)) and self.port is None:
                 self.port = int(m.group(1))
+            if (m := _METRICS_RE.search(line)) and self.metrics_port is None:
+                self.metrics_port = int(m.group(1))
             if "server ready" in line or "NOT ready" in line:
                 self._ready.set()
             if any(marker in line for marker in _BAD_LOG):
@@ -130,6 +134,7 @@ def bad_requests() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode]]:
     prefix = sentiment_request([b"hello"])
     prefix.raw_input_contents[0] = struct.pack("<I", 1000) + b"hello"
     utf8 = sentiment_request([b"\xff\xfe"])
+    empty = sentiment_request([b""])
     bad_output = mnist_request(image)
     bad_output.outputs.add(name="nope")
     invalid = grpc.StatusCode.INVALID_ARGUMENT
@@ -137,6 +142,7 @@ def bad_requests() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode]]:
             ("short raw data", short, invalid),
             ("unknown model", unknown, grpc.StatusCode.NOT_FOUND),
             ("bad BYTES prefix", prefix, invalid), ("invalid UTF-8", utf8, invalid),
+            ("empty text", empty, invalid),
             ("unknown output", bad_output, invalid)]
 
 

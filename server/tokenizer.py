@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -38,9 +39,49 @@ _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
+# Unicode's stream-safe text format (UAX #15) allows at most 30 non-starters in a row.
+# Longer runs are cut to 30 before NFKC: CPython sorts a run of combining marks with a
+# quadratic bubble sort, so 32k marks would hold the GIL for seconds. Real text never
+# has such runs, so the cut changes nothing that training or a person would write.
+MAX_NONSTARTERS = 30
+# Characters that NFKC, lower() and the word and tag patterns treat the same alone or in
+# context: a text cut just before one of them tokenizes, after the cut, as the whole
+# text does there (see Tokenizer.encode).
+_SAFE_CUT_RE = re.compile(r'[ \t\n\r\f\v,;!?()"]')
+# A tag is at most 202 characters: a '>' this early in a cut-off tail may close a tag
+# that began before the cut.
+_TAG_SPAN = 202
+
+
+@functools.cache
+def _nonstarter_runs() -> re.Pattern:
+    """Runs of over MAX_NONSTARTERS characters of non-zero combining class (built once)."""
+    ranges, start = [], None
+    # Planes 0 and 1 hold every character of non-zero combining class.
+    for point in range(0x20001):
+        combining = point < 0x20000 and unicodedata.combining(chr(point)) != 0
+        if combining and start is None:
+            start = point
+        elif not combining and start is not None:
+            ranges.append(f"\\U{start:08x}-\\U{point - 1:08x}")
+            start = None
+    return re.compile(f"[{''.join(ranges)}]{{{MAX_NONSTARTERS + 1},}}")
+
+
 def normalize(text: str) -> str:
-    """Canonical form of a text: NFKC, HTML tags -> space, folded apostrophes, lowercase."""
-    text = unicodedata.normalize("NFKC", text)
+    """Canonical form of a text: NFKC, HTML tags -> space, folded apostrophes, lowercase.
+
+    Runs of more than MAX_NONSTARTERS combining marks are first cut to that many.
+    """
+    return _finish(_nfkc(text))
+
+
+def _nfkc(text: str) -> str:
+    text = _nonstarter_runs().sub(lambda m: m.group()[:MAX_NONSTARTERS], text)
+    return unicodedata.normalize("NFKC", text)
+
+
+def _finish(text: str) -> str:
     text = _TAG_RE.sub(" ", text)
     return text.translate(_APOSTROPHES).lower()
 
@@ -143,8 +184,12 @@ class Tokenizer:
             f.write("".join(word + "\n" for word in self.vocabulary))
 
     def encode(self, text: str) -> np.ndarray:
-        """1-D int32 ids, unpadded; long texts keep their LAST max_tokens tokens."""
-        words = split_words(normalize(text))[-self.config.max_tokens:]
+        """1-D int32 ids, unpadded; long texts keep their LAST max_tokens tokens.
+
+        Only the tail of a long text that can hold those tokens is normalized, so the
+        work is bounded by max_tokens, not by the text's length.
+        """
+        words = last_words(text, self.config.max_tokens)
         get = self._ids.get
         return np.fromiter((get(w, OOV_ID) for w in words), dtype=np.int32, count=len(words))
 
@@ -165,3 +210,37 @@ class Tokenizer:
     def encode_padded(self, text: str) -> np.ndarray:
         """int32 array of shape (bucket,): the encoded text, pre-padded to its bucket."""
         return self.pad(self.encode(text))
+
+
+def last_words(text: str, count: int) -> list[str]:
+    """``split_words(normalize(text))[-count:]``, normalizing only a tail of the text.
+
+    The tail starts at a safe cut (``_SAFE_CUT_RE``) and grows fourfold until it holds
+    ``count`` words that no HTML tag crossing the cut can touch. The tail stops growing
+    at ``max_window_chars(count)`` characters: a text whose end holds fewer words than that
+    (giant "words", walls of tags) yields only the words found there, and with no safe
+    cut the first, cut-off word is dropped. The result is always a suffix of the exact
+    one, and equals it for every text of up to ``max_window_chars(count)`` characters.
+    """
+    window = 8 * count + 256
+    limit = max_window_chars(count)
+    while True:
+        if len(text) <= window:
+            return split_words(normalize(text))[-count:]
+        cut = len(text) - window
+        found = _SAFE_CUT_RE.search(text, cut)
+        start = found.start() if found else cut
+        tail = _nfkc(text[start:])
+        # A tag that began before the cut ends at the tail's first '>': start after it.
+        tail = _finish(tail[tail.find(">", 0, _TAG_SPAN) + 1:])
+        words = split_words(tail)
+        if len(words) >= count or window >= limit:
+            if not found:
+                words = words[1:]  # the first word was cut in two
+            return words[-count:]
+        window *= 4
+
+
+def max_window_chars(count: int) -> int:
+    """Longest tail normalized for ``count`` words: 64 characters a word, plenty."""
+    return 64 * count + 1024

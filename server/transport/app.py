@@ -17,12 +17,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from server.admission import ByteBudget
 from server.config import ServerConfig
-from server.errors import ServingError
+from server.errors import ServingError, StartupError
 from server.protocol import grpc_service_pb2 as pb
-from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.repository import ModelRepository
 from server.runtime import RuntimeOptions
+from server.transport import handlers
 from server.transport.servicer import InferenceServicer, Lifecycle
 
 log = logging.getLogger("server")
@@ -41,12 +42,35 @@ class RunningServer:
     health: health.aio.HealthServicer
     grpc_port: int
     stop_event: asyncio.Event
+    request_budget: ByteBudget
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """Channel arguments: message sizes and the HTTP/2 limits against abusive clients."""
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000) if seconds > 0 else 2**31 - 1  # INT_MAX: never
+
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", ms(config.grpc_max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(config.grpc_max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(config.grpc_max_connection_age_grace_s)),
+        ("grpc.keepalive_time_ms", ms(config.grpc_keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(config.grpc_keepalive_timeout_s)),
+        # Clients may ping (keepalive) at most every 10 s, even with no call open; a
+        # client that pings faster is disconnected after two strikes (gRPC's default).
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 def _server_credentials(config: ServerConfig):
@@ -63,28 +87,30 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
                                  require_models=config.model_control_mode != "explicit")
     lifecycle = Lifecycle()
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(options=grpc_options(config))
     servicer = InferenceServicer(repository, lifecycle,
                                  model_control_mode=config.model_control_mode,
                                  repository_api_key=config.repository_api_key,
                                  access_log_enabled=config.access_log, observer=observer)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    budget = ByteBudget(config.max_inflight_request_bytes)
+    handlers.add_to_server(servicer, server, budget)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     address = f"{config.grpc_host}:{config.grpc_port}"
-    if config.tls_cert_file:
-        port = server.add_secure_port(address, _server_credentials(config))
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if config.tls_cert_file:
+            port = server.add_secure_port(address, _server_credentials(config))
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:
+        raise StartupError(f"cannot listen for gRPC on {address}: the port is in use or the "
+                           "address is not this machine's; pick another with --grpc-port "
+                           "(0 = any free port) or --grpc-host") from None
     running = RunningServer(config, repository, lifecycle, server, health_servicer, port,
-                            asyncio.Event())
+                            asyncio.Event(), budget)
     await running.set_serving(False)
     return running
 
@@ -128,6 +154,8 @@ async def drain_and_stop(running: RunningServer) -> None:
     deadline = time.monotonic() + timeout
     while running.lifecycle.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+    # Open streams carry no work now: end them, so they do not hold the stop below.
+    running.lifecycle.close_streams()
     await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     log.info("stopped")
@@ -139,12 +167,19 @@ async def serve(config: ServerConfig) -> None:
     if config.metrics_enabled:
         from server.metrics import ServerMetrics
         metrics = ServerMetrics()
+    raise_fd_limit()
     running = await build_server(config, metrics.observe if metrics else None)
     if metrics is not None:
         # Before the models load: their load events feed the metrics, and the endpoint
         # answers (server_ready 0) while they warm up.
         metrics.attach(running)
-        metrics.start_http(config.metrics_host, config.metrics_port)
+        try:
+            metrics.start_http(config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"cannot serve /metrics on {config.metrics_host}:"
+                               f"{config.metrics_port}: {exc.strerror or exc}; pick another "
+                               "port with --metrics-port (0 = any free port) or turn it off "
+                               "with --metrics-enabled false") from None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
@@ -159,6 +194,20 @@ async def serve(config: ServerConfig) -> None:
     await drain_and_stop(running)
     if metrics is not None:
         metrics.stop_http()
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: each client connection is a file
+    descriptor, and a 1,024 soft limit locks new clients out after ~1,000 of them."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.info("open files limit raised from %d to %d", soft, wanted)
+    except (ImportError, ValueError, OSError) as exc:  # not on this platform, or refused
+        log.warning("could not raise the open files limit: %s", exc)
 
 
 async def _poll_forever(running: RunningServer) -> None:

@@ -9,6 +9,7 @@ INVALID_ARGUMENT instead of a huge allocation or a crash.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,6 +28,8 @@ _MAX_ELEMENTS = 1 << 31
 # numpy refuses more than 64 dimensions; no served model comes close to this.
 _MAX_RANK = 32
 _LENGTH = struct.Struct("<I")
+# Above this many elements, Python-level decoding runs off the event loop, in slices.
+HEAVY_ELEMENTS = 1 << 16
 
 
 def element_count(name: str, shape) -> int:
@@ -53,28 +56,65 @@ def element_count(name: str, shape) -> int:
     return count
 
 
-def request_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
-    """Decode every input of a request into a numpy array of its declared shape."""
+@dataclass(frozen=True, slots=True)
+class InputHeader:
+    """What a request says of one input before any of its data is decoded."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    count: int  # elements
+
+
+def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
+    """The inputs' names, datatypes and shapes, checked for structure; no data is read.
+
+    Cheap on any request, so the model can refuse a wrong shape or batch size before
+    the (possibly huge) data is decoded.
+    """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
                                 f"{len(request.inputs)} inputs; send raw data for every "
                                 "input or for none")
-    arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
+    headers: list[InputHeader] = []
+    seen: set[str] = set()
+    for tensor in request.inputs:
         name = tensor.name
-        if name in arrays:
+        if name in seen:
             raise InvalidInputError(f"input {name!r} appears more than once")
-        dtype = V2_TO_NUMPY.get(tensor.datatype)
-        if dtype is None:
+        seen.add(name)
+        if tensor.datatype not in V2_TO_NUMPY:
             raise InvalidInputError(f"input {name!r}: unknown datatype {tensor.datatype!r}; "
                                     f"expected one of {sorted(V2_TO_NUMPY)}")
         shape = tuple(tensor.shape)
-        count = element_count(name, shape)
+        headers.append(InputHeader(name, tensor.datatype, shape, element_count(name, shape)))
+    return headers
+
+
+def decode_is_heavy(request: pb.ModelInferRequest, headers: list[InputHeader]) -> bool:
+    """Whether decoding loops over many elements in Python (BYTES, typed contents):
+    such a request is decoded off the event loop."""
+    raw = bool(request.raw_input_contents)
+    return any(h.count > HEAVY_ELEMENTS and (h.datatype == "BYTES" or not raw)
+               for h in headers)
+
+
+def request_inputs(request: pb.ModelInferRequest,
+                   headers: list[InputHeader] | None = None) -> dict[str, np.ndarray]:
+    """Decode every input of a request into a numpy array of its declared shape."""
+    if headers is None:
+        headers = input_headers(request)
+    raw = request.raw_input_contents
+    arrays: dict[str, np.ndarray] = {}
+    for index, (tensor, header) in enumerate(zip(request.inputs, headers)):
+        dtype = V2_TO_NUMPY[header.datatype]
         if raw:
-            arrays[name] = _from_raw(name, tensor.datatype, dtype, shape, count, raw[index])
+            arrays[header.name] = _from_raw(header.name, header.datatype, dtype, header.shape,
+                                            header.count, raw[index])
         else:
-            arrays[name] = _from_contents(name, tensor, dtype, shape, count)
+            arrays[header.name] = _from_contents(header.name, tensor, dtype, header.shape,
+                                                 header.count)
     return arrays
 
 
@@ -98,15 +138,22 @@ def _from_contents(name, tensor, dtype, shape, count) -> np.ndarray:
     if len(values) != count:
         raise InvalidInputError(f"input {name!r}: {len(values)} values in contents.{field}, "
                                 f"expected {count} for shape {list(shape)}")
-    if tensor.datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = list(values)
-        return array.reshape(shape)
     try:
-        return np.asarray(values, dtype=dtype).reshape(shape)
+        return _chunked(values, count, dtype).reshape(shape)
     except OverflowError:
         raise InvalidInputError(f"input {name!r}: a value in contents.{field} does not fit "
                                 f"{tensor.datatype}") from None
+
+
+def _chunked(values, count: int, dtype: np.dtype) -> np.ndarray:
+    """A repeated protobuf field as an array, converted a slice at a time: each slice is
+    one short C call, so a huge one never holds the GIL for long."""
+    if count <= HEAVY_ELEMENTS and dtype != object:
+        return np.asarray(values, dtype=dtype)
+    out = np.empty(count, dtype=dtype)
+    for start in range(0, count, HEAVY_ELEMENTS):
+        out[start:start + HEAVY_ELEMENTS] = values[start:start + HEAVY_ELEMENTS]
+    return out
 
 
 def decode_bytes(name: str, data: bytes, count: int) -> np.ndarray:

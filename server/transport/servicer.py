@@ -14,20 +14,16 @@ import math
 import time
 
 from server import __version__
-from server.errors import (InternalError, ModelControlDisabledError, PermissionDeniedError,
-                           ServerDrainingError, ServingError)
+from server.errors import (InternalError, ModelControlDisabledError, OverloadedError,
+                           PermissionDeniedError, ServerDrainingError, ServingError)
 from server.model import ModelVersion
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.repository import ModelRepository
 from server.transport import convert
+from server.transport.handlers import Incoming
 from server.transport.status import status_for
 from server.transport.statistics import statistics_response
-
-try:  # what abort() raises when the call already ended in gRPC core
-    from grpc._cython.cygrpc import ExecuteBatchError as CallAlreadyEnded
-except ImportError:  # pragma: no cover - a grpcio without it: nothing to catch
-    CallAlreadyEnded = ()
 
 log = logging.getLogger("server.grpc")
 access_log = logging.getLogger("server.access")
@@ -52,17 +48,34 @@ def short_details(message: str) -> str:
     return f"{head} ...[{len(data) - 2 * keep} bytes cut]... {tail}"
 
 
+# Markers on a stream's response queue besides its replies.
+STREAM_END = object()  # the client half-closed and every request was answered
+STREAM_CLOSE = object()  # the server drains: end the stream once its requests are answered
+
+
+def _stream_error(exc: ServingError, request_id: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=f"{status_for(exc).name}: {short_details(str(exc))}",
+        infer_response=pb.ModelInferResponse(id=request_id))
+
+
 class Lifecycle:
     """Whether the server takes new work: false from SIGTERM on."""
 
     def __init__(self) -> None:
         self.accepting = False
         self.draining = False
-        self.in_flight = 0  # inference calls inside a handler (drain waits for zero)
+        self.in_flight = 0  # inference requests being answered (drain waits for zero)
+        self.streams: set[asyncio.Queue] = set()  # response queues of open streams
 
     def check(self) -> None:
         if self.draining:
             raise ServerDrainingError("the server is shutting down; retry on another replica")
+
+    def close_streams(self) -> None:
+        """End every open stream once the requests it carries are answered."""
+        for queue in self.streams:
+            queue.put_nowait(STREAM_CLOSE)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -98,7 +111,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._repo.get(request.name, request.version)
         except ServingError as exc:
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.ModelMetadataResponse())
         entry = self._repo.entry(model.name)
         spec = model.spec
         batch = [-1] if spec.max_batch_size else []
@@ -117,25 +130,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._repo.get(request.name, request.version)
         except ServingError as exc:
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.ModelConfigResponse())
         return pb.ModelConfigResponse(config=model.spec.proto)
 
     async def ModelStatistics(self, request, context):
         try:
             return statistics_response(self._repo, request.name, request.version)
         except ServingError as exc:
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.ModelStatisticsResponse())
 
     # ---- inference --------------------------------------------------------------------
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, incoming: Incoming, context):
         self._life.in_flight += 1
         try:
-            return await self._model_infer(request, context)
+            return await self._model_infer(incoming, context)
         finally:
             self._life.in_flight -= 1
+            incoming.release()
 
-    async def _model_infer(self, request, context):
+    async def _model_infer(self, incoming: Incoming, context):
         started = time.monotonic()
+        request = incoming.request
+        if incoming.error is not None:  # refused or undecodable before parsing
+            self._record(request, None, type(incoming.error).__name__, started, incoming.error)
+            return self._fail(context, incoming.error, pb.ModelInferResponse())
         model = None
         try:
             self._life.check()
@@ -143,21 +161,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(model, request, context.time_remaining())
         except ServingError as exc:
             self._record(request, model, type(exc).__name__, started, exc)
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.ModelInferResponse())
         except Exception:
             log.exception("ModelInfer %s failed unexpectedly", request.model_name[:100])
             exc = InternalError("internal error; see the server log")
             if model is not None:
                 model.stats.record_failure(time.monotonic() - started, exc.reason)
             self._record(request, model, "InternalError", started, exc)
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.ModelInferResponse())
         self._record(request, model, "OK", started, None)
         return response
 
     async def _infer(self, model: ModelVersion, request, remaining) -> pb.ModelInferResponse:
         deadline = math.inf if remaining is None else time.monotonic() + remaining
         try:
-            inputs = convert.request_inputs(request)
+            # Shapes and batch size first, from the header: a lying or oversized request
+            # is refused before any of its data is decoded.
+            headers = convert.input_headers(request)
+            model.check_inputs({h.name: (h.datatype, h.shape) for h in headers})
+            if convert.decode_is_heavy(request, headers):
+                inputs = await asyncio.get_running_loop().run_in_executor(
+                    None, convert.request_inputs, request, headers)
+            else:
+                inputs = convert.request_inputs(request, headers)
         except ServingError as exc:
             model.stats.record_failure(0.0, exc.reason)
             raise
@@ -166,48 +192,89 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                       model.output_datatypes)
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Requests run concurrently (so they batch); responses stream back as they finish."""
+        """Requests run concurrently (so they batch); responses stream back as they finish.
+
+        A message that cannot be decoded ends the stream with INVALID_ARGUMENT (after
+        the requests before it are answered). The drain waits for requests in flight,
+        not for open streams: at shutdown, once those are answered, idle streams end.
+        """
         responses: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
-
-        async def one(request) -> None:
-            model = None
-            try:
-                self._life.check()
-                model = self._repo.get(request.model_name, request.model_version)
-                reply = await self._infer(model, request, context.time_remaining())
-                await responses.put(pb.ModelStreamInferResponse(infer_response=reply))
-            except ServingError as exc:
-                if model is None and self._observe is not None:
-                    self._observe(request.model_name, None, exc, 0.0)
-                await responses.put(pb.ModelStreamInferResponse(
-                    error_message=f"{status_for(exc).name}: {short_details(str(exc))}",
-                    infer_response=pb.ModelInferResponse(id=request.id)))
-            except Exception:
-                log.exception("ModelStreamInfer request failed unexpectedly")
-                await responses.put(pb.ModelStreamInferResponse(
-                    error_message="INTERNAL: internal error; see the server log",
-                    infer_response=pb.ModelInferResponse(id=request.id)))
-
-        async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.get_running_loop().create_task(one(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*list(tasks), return_exceptions=True)
-            await responses.put(None)
-
-        reader = asyncio.get_running_loop().create_task(read())
-        self._life.in_flight += 1
+        reader = asyncio.get_running_loop().create_task(
+            self._read_stream(request_iterator, context, responses, tasks))
+        self._life.streams.add(responses)
         try:
-            while (item := await responses.get()) is not None:
-                yield item
+            while True:
+                item = await responses.get()
+                if isinstance(item, pb.ModelStreamInferResponse):
+                    yield item
+                elif item is STREAM_CLOSE:  # draining: answer what ran, then end
+                    reader.cancel()
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+                    while not responses.empty():
+                        if isinstance(item := responses.get_nowait(),
+                                      pb.ModelStreamInferResponse):
+                            yield item
+                    return
+                elif item is STREAM_END:
+                    return
+                else:  # the ServingError that ends the stream
+                    self._fail(context, item, None)
+                    return
         finally:
-            self._life.in_flight -= 1
+            self._life.streams.discard(responses)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+
+    async def _read_stream(self, request_iterator, context, responses: asyncio.Queue,
+                           tasks: set[asyncio.Task]) -> None:
+        loop = asyncio.get_running_loop()
+        end = STREAM_END
+        try:
+            async for incoming in request_iterator:
+                if incoming.request is None and not isinstance(incoming.error, OverloadedError):
+                    end = incoming.error  # undecodable: nothing after it can be trusted
+                    break
+                task = loop.create_task(self._stream_one(incoming, context, responses))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except Exception as exc:  # the transport broke off: nothing more will come
+            log.debug("ModelStreamInfer: reading the stream failed: %r", exc)
+        if tasks:
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        await responses.put(end)
+
+    async def _stream_one(self, incoming: Incoming, context, responses: asyncio.Queue) -> None:
+        self._life.in_flight += 1
+        try:
+            reply = await self._stream_reply(incoming, context)
+        finally:
+            self._life.in_flight -= 1
+            incoming.release()
+        await responses.put(reply)
+
+    async def _stream_reply(self, incoming: Incoming, context) -> pb.ModelStreamInferResponse:
+        request = incoming.request
+        if incoming.error is not None:  # refused before parsing (request bytes budget)
+            if self._observe is not None:
+                self._observe("", None, incoming.error, 0.0)
+            return _stream_error(incoming.error, "")
+        model = None
+        try:
+            self._life.check()
+            model = self._repo.get(request.model_name, request.model_version)
+            reply = await self._infer(model, request, context.time_remaining())
+            return pb.ModelStreamInferResponse(infer_response=reply)
+        except ServingError as exc:
+            if model is None and self._observe is not None:
+                self._observe(request.model_name, None, exc, 0.0)
+            return _stream_error(exc, request.id)
+        except Exception:
+            log.exception("ModelStreamInfer request failed unexpectedly")
+            return pb.ModelStreamInferResponse(
+                error_message="INTERNAL: internal error; see the server log",
+                infer_response=pb.ModelInferResponse(id=request.id))
 
     # ---- repository -------------------------------------------------------------------
     async def RepositoryIndex(self, request, context):
@@ -222,7 +289,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._check_control(context, "load")
             await self._repo.load(request.model_name)
         except ServingError as exc:
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.RepositoryModelLoadResponse())
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
@@ -230,7 +297,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._check_control(context, "unload")
             await self._repo.unload(request.model_name)
         except ServingError as exc:
-            return await self._fail(context, exc)
+            return self._fail(context, exc, pb.RepositoryModelUnloadResponse())
         return pb.RepositoryModelUnloadResponse()
 
     def _check_control(self, context, action: str) -> None:
@@ -245,20 +312,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"runs in {self._control!r} mode)")
 
     # ---- helpers ----------------------------------------------------------------------
-    async def _fail(self, context, exc: ServingError):
-        try:
-            await context.abort(status_for(exc), short_details(str(exc)))
-        except CallAlreadyEnded:
-            # gRPC core ended the call first (its deadline passed, or the client left, just
-            # as we failed it): nobody is left to tell. End as a cancelled call, which grpc
-            # logs at debug level, rather than let grpc log a traceback at ERROR.
-            raise asyncio.CancelledError() from None
+    @staticmethod
+    def _fail(context, exc: ServingError, reply):
+        """Answer ``exc``'s status and message.
+
+        The status is set rather than raised (``context.abort`` raises): a raised abort
+        keeps the request, its frames and its bytes alive in reference cycles until the
+        cyclic GC runs, so refused requests piled up gigabytes.
+        """
+        context.set_code(status_for(exc))
+        context.set_details(short_details(str(exc)))
+        return reply
 
     def _record(self, request, model, outcome: str, started: float, exc) -> None:
         seconds = time.monotonic() - started
+        name = request.model_name if request is not None else ""
         if self._observe is not None:
-            self._observe(request.model_name, model, exc, seconds)
+            self._observe(name, model, exc, seconds)
         if self._access:
+            version, request_id = ("", "") if request is None else (request.model_version,
+                                                                     request.id)
             access_log.info("ModelInfer model=%s version=%s id=%s status=%s ms=%.3f",
-                            request.model_name[:100], request.model_version[:20],
-                            request.id[:64], outcome, seconds * 1e3)
+                            name[:100], version[:20], request_id[:64], outcome, seconds * 1e3)

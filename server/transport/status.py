@@ -13,6 +13,7 @@ _CODES: tuple[tuple[type, grpc.StatusCode], ...] = (
     (errors.ModelNotReadyError, grpc.StatusCode.UNAVAILABLE),
     (errors.ServerDrainingError, grpc.StatusCode.UNAVAILABLE),
     (errors.QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.ModelControlDisabledError, grpc.StatusCode.FAILED_PRECONDITION),

@@ -34,3 +34,13 @@ def test_bad_settings_are_refused_with_the_value(tmp_path, args, env, fragment):
 def test_missing_repository_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         load_config(["--model-repository", str(tmp_path / "nope")], {})
+
+
+def test_help_shows_every_default():
+    from server.config import build_parser
+
+    text = " ".join(build_parser().format_help().split())  # undo argparse's wrapping
+    for fragment in ("(default: 8001;", "(default: 0.0.0.0;", "(default: models;",
+                     "(default: 268435456;", "(default: 1024;", "(default: false;",
+                     "(default: unset;"):
+        assert fragment in text, fragment

@@ -12,6 +12,7 @@ import pytest
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
+from tests.server.loadkit import metric, scrape
 
 onnx = pytest.importorskip("onnx")
 WIDTH = 512
@@ -54,27 +55,60 @@ def _request(i: int) -> pb.ModelInferRequest:
     return request
 
 
-async def _load_then_sigterm(proc: ServerProcess, count: int):
+async def _queue_work(stub, calls: list) -> int:
+    """Keep adding calls until some are still queued after a first one finished.
+
+    The slow model runs one row at a time, but a fast machine may still clear a fixed
+    load before SIGTERM: so the load doubles until the server is seen behind, whatever
+    its speed. Returns the rows done just before SIGTERM.
+    """
+    count = 40
+    while True:
+        calls += [asyncio.ensure_future(stub.ModelInfer(_request(len(calls) + i), timeout=120))
+                  for i in range(count)]
+        while True:
+            stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow"))
+            done = stats.model_stats[0].inference_count if stats.model_stats else 0
+            if done:
+                break
+            await asyncio.sleep(0.005)
+        if len(calls) - done >= 20 or len(calls) >= 5000:
+            return done
+        count *= 2
+
+
+def _accepted(proc: ServerProcess) -> float:
+    """Requests the server holds or has answered (a call still on its way is not yet
+    accepted: SIGTERM would rightly refuse it)."""
+    samples = scrape(proc.metrics_port)
+    return (metric(samples, "onnxserve_requests_in_flight", model="slow")
+            + metric(samples, "onnxserve_requests_total", model="slow"))
+
+
+async def _load_then_sigterm(proc: ServerProcess):
     async with grpc.aio.insecure_channel(proc.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        calls = [asyncio.ensure_future(stub.ModelInfer(_request(i), timeout=60))
-                 for i in range(count)]
-        await asyncio.sleep(0.3)  # all sent and queued: far more work than 0.3 s
-        stats = await stub.ModelStatistics(pb.ModelStatisticsRequest(name="slow"))
-        done_before = stats.model_stats[0].inference_count
+        calls: list = []
+        done_before = await _queue_work(stub, calls)
+        while _accepted(proc) < len(calls):
+            await asyncio.sleep(0.01)
         proc.terminate()
-        await asyncio.sleep(0.2)
-        try:
-            ready = (await stub.ServerReady(pb.ServerReadyRequest(), timeout=2)).ready
-        except grpc.RpcError:
-            ready = False  # the port may already refuse new calls
+        while (ready := await _ready(stub)) and proc.proc.poll() is None:
+            await asyncio.sleep(0.01)  # until the signal is handled
         try:
             await stub.ModelInfer(_request(10_000), timeout=5)
             late = grpc.StatusCode.OK
         except grpc.RpcError as exc:
             late = exc.code()
         results = await asyncio.gather(*calls, return_exceptions=True)
-    return done_before, ready, late, results
+    return done_before, len(calls), ready, late, results
+
+
+async def _ready(stub) -> bool:
+    try:
+        return (await stub.ServerReady(pb.ServerReadyRequest(), timeout=2)).ready
+    except grpc.RpcError:
+        return False  # the port may already refuse new calls
 
 
 def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
@@ -82,11 +116,11 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
     proc = ServerProcess(tmp_path)
     try:
         started = time.monotonic()
-        done_before, ready, late, results = asyncio.run(_load_then_sigterm(proc, 80))
+        done_before, sent, ready, late, results = asyncio.run(_load_then_sigterm(proc))
         code = proc.wait(60)
     finally:
         proc.stop()
-    assert done_before < 80, "the load finished before SIGTERM: the test proves nothing"
+    assert sent - done_before >= 20, "the load finished before SIGTERM: the test proves nothing"
     assert not ready, "the server must report not ready once it is draining"
     assert late == grpc.StatusCode.UNAVAILABLE, late
     failures = [r for r in results if isinstance(r, BaseException)]
@@ -98,3 +132,48 @@ def test_sigterm_during_load_loses_no_accepted_request(tmp_path):
     assert code == 0, proc.log
     assert "shutting down" in proc.log and "stopped" in proc.log
     assert time.monotonic() - started < 60
+
+
+def test_idle_streams_do_not_hold_the_drain(tmp_path, models_dir):
+    """Before: every open ModelStreamInfer counted as in flight, so 500 idle streams
+    held SIGTERM for the whole drain timeout (here 120 s)."""
+    from tests.server.loadkit import copy_mnist
+
+    copy_mnist(models_dir, tmp_path, "")
+    proc = ServerProcess(tmp_path, "--drain-timeout-s", "120")
+
+    async def open_streams_then_sigterm():
+        async with grpc.aio.insecure_channel(proc.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            idle = asyncio.Queue()  # never fed: the streams stay open and silent
+
+            async def requests():
+                while True:
+                    yield await idle.get()
+
+            streams = [stub.ModelStreamInfer(requests()) for _ in range(500)]
+            readers = [asyncio.ensure_future(_drain_stream(s)) for s in streams]
+            await stub.ServerReady(pb.ServerReadyRequest(), timeout=10)
+            await asyncio.sleep(0.5)  # let the streams reach the server
+            proc.terminate()
+            return await asyncio.gather(*readers)
+
+    try:
+        started = time.monotonic()
+        endings = asyncio.run(open_streams_then_sigterm())
+        code = proc.wait(110)
+        elapsed = time.monotonic() - started
+    finally:
+        proc.stop()
+    assert code == 0, proc.log
+    assert elapsed < 100, f"exit took {elapsed:.0f} s: idle streams held the drain"
+    assert set(endings) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(endings)
+
+
+async def _drain_stream(call) -> grpc.StatusCode:
+    try:
+        async for _ in call:
+            pass
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK

@@ -124,3 +124,53 @@ def test_unknown_config_key_rejected(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\n")
     with pytest.raises(ValueError, match="lowercase"):
         Tokenizer.from_directory(tmp_path)
+
+
+# ---- bounded work on long texts ------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import server.tokenizer as tokenizer_module  # noqa: E402
+from server.tokenizer import last_words, max_window_chars  # noqa: E402
+
+# Pieces that stress every rule a cut could break: tags (also ones crossing a cut),
+# NFKC expansion (U+FDFA becomes four words), combining marks, final sigma, apostrophes.
+PIECES = ["good", "bad", " ", "\n", "<br />", "<a href=x y>", ">", "<", "\u03a3", "\u03a3\u0391\u03a3",
+          "\ufdfa", "e\u0301", "\u0301", "don't", "'", ",", ".", "!", "(", '"', "\uff46\uff55\uff4c\uff4c",
+          "\u6771\u4eac", "x" * 50, "\u00a0", "_", "-", "<" + "y" * 190 + ">"]
+
+
+def _exact(text: str, count: int) -> list[str]:
+    return split_words(normalize(text))[-count:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=900), st.sampled_from([1, 4, 8, 16]))
+def test_last_words_is_the_exact_tail(pieces, count):
+    text = "".join(pieces)
+    got = last_words(text, count)
+    exact = _exact(text, count)
+    assert got == exact[len(exact) - len(got):]  # always a suffix of the exact words
+    if len(text) <= max_window_chars(count):
+        assert got == exact
+
+
+@pytest.mark.parametrize("text", [
+    "\ufdfa" * 3_000_000,  # NFKC expands each to 18 characters and 4 words
+    "good " * 2_000_000,
+    "a" * 10_000_000,  # one giant word, no safe cut
+    "a" + "\u0301\u0316" * 500_000,  # combining marks NFKC would sort in quadratic time
+    "<" * 3_000_000,
+])
+def test_only_a_bounded_tail_is_normalized(monkeypatch, text):
+    seen: list[int] = []
+    real = tokenizer_module._nfkc
+    monkeypatch.setattr(tokenizer_module, "_nfkc", lambda t: seen.append(len(t)) or real(t))
+    last_words(text, 512)
+    assert seen and max(seen) <= 4 * max_window_chars(512) + 1, max(seen)
+
+
+def test_long_runs_of_combining_marks_are_cut_to_the_stream_safe_limit():
+    text = "a" + "\u0301" * 40 + " b"
+    assert normalize(text) == normalize("a" + "\u0301" * 30 + " b")
+    assert normalize("e\u0301") == "\u00e9"  # short runs are untouched
