@@ -14,11 +14,12 @@ from server.errors import OverloadedError
 class ByteBudget:
     """Bytes in use against a limit; used from the event loop thread only."""
 
-    def __init__(self, limit_bytes: int):
+    def __init__(self, limit_bytes: int, on_release=None):
         if limit_bytes < 1:
             raise ValueError(f"limit_bytes must be >= 1, got {limit_bytes!r}")
         self.limit_bytes = limit_bytes
         self.in_use = 0
+        self._on_release = on_release  # callable(nbytes), e.g. HeapTrimmer.released
 
     def take(self, nbytes: int) -> bool:
         """Reserve ``nbytes``; False (nothing reserved) when that would pass the limit."""
@@ -39,3 +40,5 @@ class ByteBudget:
 
     def give(self, nbytes: int) -> None:
         self.in_use -= nbytes
+        if self._on_release is not None:
+            self._on_release(nbytes)

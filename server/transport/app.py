@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from server.admission import ByteBudget
 from server.config import ServerConfig
 from server.errors import ServingError, StartupError
+from server.memory import HeapTrimmer
 from server.protocol import grpc_service_pb2 as pb
 from server.repository import ModelRepository
 from server.runtime import RuntimeOptions
@@ -92,7 +93,7 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
                                  model_control_mode=config.model_control_mode,
                                  repository_api_key=config.repository_api_key,
                                  access_log_enabled=config.access_log, observer=observer)
-    budget = ByteBudget(config.max_inflight_request_bytes)
+    budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
     handlers.add_to_server(servicer, server, budget)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

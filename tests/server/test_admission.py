@@ -61,3 +61,31 @@ def test_an_undecodable_message_becomes_invalid_input_and_holds_nothing():
     assert incoming.request is None and isinstance(incoming.error, InvalidInputError)
     assert "not a valid inference.ModelInferRequest" in str(incoming.error)
     assert budget.in_use == 0
+
+
+def test_large_releases_trim_the_heap_off_the_loop():
+    import asyncio
+
+    from server.memory import LARGE_REQUEST_BYTES, HeapTrimmer, _malloc_trim
+
+    if _malloc_trim() is None:
+        import pytest
+        pytest.skip("no glibc malloc_trim on this platform")
+
+    async def scenario():
+        trimmer = HeapTrimmer(threshold_bytes=2 * LARGE_REQUEST_BYTES, min_gap_s=0.0)
+        budget = ByteBudget(1 << 30, trimmer.released)
+        for _ in range(10):
+            budget.take(100)
+            budget.give(100)  # small ones never count
+        assert trimmer.trims == 0
+        for _ in range(2):
+            budget.take(LARGE_REQUEST_BYTES)
+            budget.give(LARGE_REQUEST_BYTES)
+        for _ in range(500):
+            if trimmer.trims:
+                break
+            await asyncio.sleep(0.01)
+        return trimmer.trims
+
+    assert asyncio.run(scenario()) == 1
