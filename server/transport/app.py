@@ -11,14 +11,13 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.config import ServerConfig
-from server.errors import ServingError
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.repository import ModelRepository
@@ -41,12 +40,21 @@ class RunningServer:
     health: health.aio.HealthServicer
     grpc_port: int
     stop_event: asyncio.Event
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    async def sync_health(self) -> None:
+        """grpc.health from the same rule as ServerReady, after every readiness change.
+
+        Serialised so that concurrent loads cannot leave an older answer last.
+        """
+        async with self._health_lock:
+            await self.set_serving(self.lifecycle.ready(self.repository))
 
 
 def _server_credentials(config: ServerConfig):
@@ -86,6 +94,7 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     running = RunningServer(config, repository, lifecycle, server, health_servicer, port,
                             asyncio.Event())
     await running.set_serving(False)
+    repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
 
 
@@ -101,14 +110,11 @@ async def start(running: RunningServer) -> None:
         names = []
     else:
         names = running.repository.discover()
-    for name in names:
-        try:
-            await running.repository.load(name)
-        except ServingError:
-            pass  # logged by the repository; the model reports not ready with the reason
+    # A model that fails is logged and recorded; the others serve regardless.
+    await running.repository.load_startup(names)
     running.lifecycle.accepting = True
-    ready = running.repository.all_ready()
-    await running.set_serving(ready)
+    ready = running.lifecycle.ready(running.repository)
+    await running.sync_health()
     if ready:
         log.info("server ready: %d model version(s) loaded",
                  len(running.repository.loaded_versions()))
@@ -169,4 +175,4 @@ async def _poll_forever(running: RunningServer) -> None:
             await running.repository.poll()
         except Exception:  # a scan must never take the server down
             log.exception("repository poll failed")
-        await running.set_serving(running.repository.all_ready())
+        await running.sync_health()
