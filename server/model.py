@@ -94,7 +94,7 @@ class ModelVersion:
         if graph.datatype != tensor.datatype:
             raise ModelLoadError(f"{self.label}: config {kind} {tensor.name!r} is "
                                  f"{tensor.datatype} but the ONNX graph has {graph.datatype}")
-        problem = _shape_mismatch(self._served_shape(tensor.dims), graph.shape)
+        problem = _graph_mismatch(self._served_shape(tensor.dims), graph.shape)
         if problem:
             raise ModelLoadError(
                 f"{self.label}: config {kind} {tensor.name!r} has dims {list(tensor.dims)}, "
@@ -105,7 +105,7 @@ class ModelVersion:
     def _check_token_input(self, graph: OrtTensor) -> None:
         """Text models: the ONNX graph must take what the tokenizer feeds, [rows, bucket]."""
         for (bucket,) in self.preprocessor.warmup_shapes():
-            problem = _shape_mismatch([-1, bucket], graph.shape)
+            problem = _graph_mismatch([-1, bucket], graph.shape)
             if problem:
                 raise ModelLoadError(
                     f"{self.label}: the tokenizer feeds ONNX input {graph.name!r} token ids "
@@ -318,15 +318,18 @@ def _graph_shape(shape: tuple) -> str:
     return "[" + ", ".join(str(d) if _static(d) else repr(d) for d in shape) + "]"
 
 
-def _shape_mismatch(expected: list[int], shape: tuple) -> str:
-    """Why ``shape`` (graph or real) does not fit ``expected`` (-1 = any); "" if it does.
+def _graph_mismatch(expected: list[int], graph_shape: tuple) -> str:
+    """Why a graph tensor's shape cannot take ``expected`` (-1 = any); "" if it can.
 
-    ORT reports a graph tensor of unknown rank as [], so an empty graph shape is left to
-    the warm-up run, which checks the real outputs.
+    ORT reports a tensor of unknown rank as [], which leaves the check to the warm-up
+    run: it sees the real outputs.
     """
+    return _shape_mismatch(expected, graph_shape) if graph_shape else ""
+
+
+def _shape_mismatch(expected: list[int], shape: tuple) -> str:
+    """Why ``shape`` does not fit ``expected`` (-1, or a free dim in ``shape``, = any)."""
     if len(shape) != len(expected):
-        if not shape and not expected:
-            return ""
         return f"{len(expected)} dimensions against {len(shape)}"
     for index, (want, have) in enumerate(zip(expected, shape)):
         if want != -1 and _static(have) and want != have:
