@@ -127,7 +127,7 @@ async def drain_and_stop(running: RunningServer) -> None:
     timeout = running.config.drain_timeout_s
     log.info("shutting down: not ready, finishing in-flight requests (up to %.0f s)", timeout)
     running.lifecycle.draining = True
-    await running.set_serving(False)
+    await running.sync_health()  # after any health update in flight: NOT_SERVING last
     # While the port stays open, new calls get a clean UNAVAILABLE from our handlers;
     # stopping the gRPC server at once would instead cancel calls caught in flight
     # between the transport and a handler.
