@@ -56,7 +56,11 @@ async def _serve_some(model, images: np.ndarray) -> None:
 
 def test_replaced_and_unloaded_versions_free_session_and_threads_at_once(tmp_path, models_dir):
     """Even a version still referenced (a failed request's traceback refers to it) has
-    closed its ORT session and stopped its threads once it is unloaded."""
+    closed its ORT session and stopped its threads once it is unloaded.
+
+    Threads are checked one by one here; counting the process's threads is left to the
+    30-reload tests, where a leak shows above the noise of other tests' threads.
+    """
     copy_mnist(models_dir, tmp_path, "max_queue_delay_microseconds: 0", max_batch_size=4)
     images, _ = mnist_images(2)
     # Two intra-op threads: ORT then runs its own pool thread per session.
@@ -67,8 +71,6 @@ def test_replaced_and_unloaded_versions_free_session_and_threads_at_once(tmp_pat
         alive = []
         try:
             await repository.load("mnist")
-            await _serve_some(repository.get("mnist"), images)
-            serving = _threads()  # its session's pool thread and its batcher's thread
             for step in ("reload", "unload"):
                 model = repository.get("mnist")
                 await _serve_some(model, images)
@@ -82,10 +84,8 @@ def test_replaced_and_unloaded_versions_free_session_and_threads_at_once(tmp_pat
                 await repository.settle()
                 if session() is not None:
                     alive.append(f"{step}: the ORT session")
+                # ORT's own pool threads go with its session; the batcher's are Python's.
                 alive += [f"{step}: thread {t.name}" for t in threads if t.is_alive()]
-            # Nothing serves now: ORT's pool thread and the batcher's thread are gone.
-            if _threads() > serving - 2:
-                alive.append(f"threads: {serving} while serving, {_threads()} unloaded")
         finally:
             await repository.close()
         return alive
