@@ -56,6 +56,18 @@ def sum_rows(path: Path, width: int = 4) -> None:
     _save(graph, path)
 
 
+def token_scorer(path: Path, length="tokens") -> None:
+    """score = sum of the token ids per row: token_ids INT32 [N, length] -> [N, 1]."""
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["token_ids"], ["ids"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["ids", "axes"], ["probability"], keepdims=1)],
+        "token_scorer",
+        [helper.make_tensor_value_info("token_ids", TensorProto.INT32, ["batch", length])],
+        [_value("probability", ["batch", 1])], [axes])
+    _save(graph, path)
+
+
 def config(name: str, input_dims, output_dims, max_batch_size: int = 8,
            input_name: str = "x", output_name: str = "y") -> str:
     def dims(values) -> str:

@@ -118,6 +118,39 @@ def test_dims_that_agree_load_and_serve(tmp_path, graph_shape, input_dims, max_b
     assert [e[0] for e in asyncio.run(scenario())] == ["loaded"]
 
 
+@pytest.mark.parametrize("length, fragment", [
+    (16, "token ids of shape [rows, 32], but the graph's input is ['batch', 16]: dimension 1 "
+         "is 32 against 16"),
+    ("tokens", None),
+])
+def test_text_model_token_input_is_checked_against_the_tokenizer(tmp_path, models_dir,
+                                                                length, fragment):
+    """The graph behind a text pre-processor must take [rows, bucket] for every bucket."""
+    version = tmp_path / "reviews" / "1"
+    om.token_scorer(version / "model.onnx", length)
+    for name in ("tokenizer.json", "vocab.txt"):
+        shutil.copy2(models_dir / "sentiment" / "1" / name, version / name)
+    config = (models_dir / "sentiment" / "config.pbtxt").read_text()
+    (tmp_path / "reviews" / "config.pbtxt").write_text(
+        config.replace('name: "sentiment"', 'name: "reviews"').replace("max_batch_size: 64",
+                                                                       "max_batch_size: 2"))
+    if fragment is not None:
+        error, entry, _ = asyncio.run(_refused(tmp_path, "reviews"))
+        assert fragment in str(error) and entry.state == UNAVAILABLE, str(error)
+        return
+
+    async def scenario():
+        repository, _ = _repository(tmp_path)
+        try:
+            await repository.load("reviews")
+            text = np.array([[b"a fine film"]], dtype=object)
+            return (await repository.get("reviews").infer({"text": text}))["probability"]
+        finally:
+            await repository.close()
+
+    assert asyncio.run(scenario()).shape == (1, 1)
+
+
 def test_any_exception_while_loading_is_a_load_error(tmp_path, monkeypatch):
     """Whatever goes wrong (here: a bug-like RuntimeError in the warm-up) is recorded."""
     om.write_model(tmp_path, "good", om.identity, om.config("good", [4], [4]))
@@ -220,6 +253,10 @@ def test_server_starts_with_a_bad_model_and_serves_the_others(tmp_path, models_d
 def test_explicit_loads_of_bad_models_fail_cleanly(tmp_path, models_dir):
     shutil.copytree(models_dir / "mnist", tmp_path / "mnist")
     _bad_mnist(models_dir, tmp_path)
+    shutil.copytree(models_dir / "mnist", tmp_path / "eleven")  # config output dims [11]
+    path = tmp_path / "eleven" / "config.pbtxt"
+    path.write_text(path.read_text().replace('name: "mnist"', 'name: "eleven"')
+                    .replace("dims: [ 10 ]", "dims: [ 11 ]"))
     om.write_model(tmp_path, "wide", lambda p: om.matmul(p, 28, 28, declare_input=False),
                    om.config("wide", [28], [10]))
     proc = ServerProcess(tmp_path, "--model-control-mode", "explicit",
@@ -228,6 +265,7 @@ def test_explicit_loads_of_bad_models_fail_cleanly(tmp_path, models_dir):
         with grpc.insecure_channel(proc.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             for name, fragment in (("broken", "dimension 3 is 3 against 1"),
+                                   ("eleven", "output 'probabilities'"),
                                    ("wide", "output 'y' as FP32 [8, 28]")):
                 with pytest.raises(grpc.RpcError) as info:
                     stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name),
