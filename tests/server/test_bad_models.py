@@ -310,3 +310,26 @@ def test_poll_mode_reports_a_bad_model_and_keeps_serving(tmp_path, models_dir):
     finally:
         proc.stop()
     assert not tracebacks(proc.log), proc.log
+
+
+def test_a_cancelled_load_does_not_stay_loading(tmp_path, models_dir):
+    """A load RPC whose caller gives up is cancelled: the model must not stay LOADING."""
+    shutil.copytree(models_dir / "mnist", tmp_path / "mnist")  # warm-up: 64 batch sizes
+
+    async def scenario() -> str:
+        repository, _ = _repository(tmp_path)
+        try:
+            load = asyncio.ensure_future(repository.load("mnist"))
+            for _ in range(50_000):  # until the load has begun (it yields to the loop)
+                entry = repository.entry("mnist")
+                if entry is not None and entry.state == "LOADING":
+                    break
+                await asyncio.sleep(0.001)
+            load.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await load
+            return repository.entry("mnist").state
+        finally:
+            await repository.close()
+
+    assert asyncio.run(scenario()) == UNAVAILABLE
