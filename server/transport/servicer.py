@@ -81,6 +81,7 @@ class Lifecycle:
         """End every open stream once the requests it carries are answered."""
         for queue in self.streams:
             queue.put_nowait(STREAM_CLOSE)
+
     def ready(self, repository: ModelRepository) -> bool:
         """The one readiness rule: ServerReady and grpc.health both answer from it."""
         return self.accepting and not self.draining and repository.all_ready()
