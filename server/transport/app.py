@@ -41,6 +41,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     grpc_port: int
     stop_event: asyncio.Event
+    rest: object = None  # the KServe v2 REST port (server.transport.http), when enabled
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -128,6 +129,8 @@ async def drain_and_stop(running: RunningServer) -> None:
     deadline = time.monotonic() + timeout
     while running.lifecycle.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+    if running.rest is not None:  # in-flight REST requests are counted in in_flight too
+        await running.rest.stop(max(0.0, deadline - time.monotonic()))
     await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     log.info("stopped")
@@ -148,6 +151,9 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
+    if config.http_enabled:
+        from server.transport.http.server import start_rest
+        running.rest = await start_rest(running, metrics.observe if metrics else None)
     await start(running)
     poller = None
     if config.model_control_mode == "poll":
