@@ -130,7 +130,7 @@ async def drain_and_stop(running: RunningServer) -> None:
     while running.lifecycle.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     if running.rest is not None:  # in-flight REST requests are counted in in_flight too
-        await running.rest.stop(max(0.0, deadline - time.monotonic()))
+        await running.rest.stop()
     await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     log.info("stopped")

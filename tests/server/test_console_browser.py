@@ -97,13 +97,14 @@ def test_console_lists_models_and_answers_in_the_browser(server, browser, tmp_pa
     if label is not None:
         page.set_input_files(".panel[data-model=mnist] input[type=file]",
                              str(tmp_path / "digit.png"))
+        # Function-form predicates: the console's CSP forbids evaluating strings.
         page.wait_for_function(
-            "document.querySelector('.panel[data-model=mnist] .answer') && "
-            f"document.querySelector('.panel[data-model=mnist] .answer').textContent"
-            f".includes('digit {label}')", timeout=30_000)
+            "want => (document.querySelector('.panel[data-model=mnist] .answer') || "
+            "{textContent: ''}).textContent.includes(want)", arg=f"digit {label}",
+            timeout=30_000)
 
     # The statistics-driven rate shows the requests just sent (refreshed every 2 s).
-    page.wait_for_function("parseFloat(document.querySelector("
+    page.wait_for_function("() => parseFloat(document.querySelector("
                            "'#models tr[data-model=sentiment] .rps').textContent) > 0",
                            timeout=30_000)
     page.screenshot(path=str(tmp_path / "console.png"), full_page=True)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import socket
 import ssl
 from pathlib import Path
 
@@ -30,12 +27,15 @@ def _too_large(limit: int) -> tuple[int, bytes]:
                                        "(--max-message-bytes)"})
 
 
-class AiohttpServer:
+class RestServer:
+    """aiohttp's server in the running loop: one catch-all route into RestApi."""
+
     def __init__(self, api: RestApi, host: str, port: int, max_body_bytes: int,
-                 ssl_context: ssl.SSLContext | None):
+                 ssl_context: ssl.SSLContext | None, shutdown_timeout_s: float = 30.0):
         self._api, self._host, self._port = api, host, port
         self._limit = max_body_bytes
         self._ssl = ssl_context
+        self._shutdown_timeout_s = shutdown_timeout_s
         self._runner = None
 
     async def start(self) -> int:
@@ -44,7 +44,9 @@ class AiohttpServer:
         # aiohttp refuses a body of client_max_size bytes or more; the limit is inclusive.
         app = web.Application(client_max_size=self._limit + 1)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Signals belong to app.serve(); our own access log covers inference.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=self._shutdown_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await site.start()
@@ -65,78 +67,11 @@ class AiohttpServer:
         return web.Response(status=reply.status, body=reply.body,
                             headers={"Content-Type": reply.content_type, **reply.headers})
 
-    async def stop(self, timeout_s: float) -> None:
+    async def stop(self) -> None:
+        """Close the port and idle connections; handlers still running may finish."""
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-class UvicornServer:
-    def __init__(self, api: RestApi, host: str, port: int, max_body_bytes: int,
-                 ssl_context):
-        self._api, self._host, self._port = api, host, port
-        self._limit = max_body_bytes
-        self._server = None
-        self._task = None
-
-    async def start(self) -> int:
-        import uvicorn
-
-        sock = socket.create_server((self._host, self._port), reuse_port=False)
-        config = uvicorn.Config(self._app, http="httptools", lifespan="off", log_config=None,
-                                interface="asgi3",
-                                access_log=False, ws="none")
-
-        class _Server(uvicorn.Server):
-            def capture_signals(self):  # the process's signals belong to app.serve()
-                import contextlib
-                return contextlib.nullcontext()
-
-        self._server = _Server(config)
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            await asyncio.sleep(0.01)
-        return sock.getsockname()[1]
-
-    async def _app(self, scope, receive, send):
-        if scope["type"] != "http":
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._limit:
-                status, text = _too_large(self._limit)
-                await self._send(send, status, text, "application/json", {})
-                return
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                break
-        reply = await self._api.handle(Request(scope["method"], scope["path"], headers,
-                                               b"".join(chunks)))
-        await self._send(send, reply.status, reply.body, reply.content_type, reply.headers)
-
-    @staticmethod
-    async def _send(send, status, body, content_type, extra):
-        headers = [(b"content-type", content_type.encode()),
-                   (b"content-length", str(len(body)).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    async def stop(self, timeout_s: float) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            await self._task
-
-
-def make_http_server(api, host, port, max_body_bytes, ssl_context):
-    backend = os.environ.get("SERVE_HTTP_BACKEND_FOR_BENCH", "aiohttp")
-    kind = UvicornServer if backend == "uvicorn" else AiohttpServer
-    return kind(api, host, port, max_body_bytes, ssl_context)
+            self._runner = None
 
 
 async def start_rest(running, observer=None):
@@ -153,8 +88,8 @@ async def start_rest(running, observer=None):
     if config.tls_cert_file:
         context = server_ssl_context(config.tls_cert_file, config.tls_key_file,
                                      config.tls_client_ca_file)
-    rest = make_http_server(api, config.http_host, config.http_port, config.max_message_bytes,
-                            context)
+    rest = RestServer(api, config.http_host, config.http_port, config.max_message_bytes,
+                      context, shutdown_timeout_s=config.drain_timeout_s)
     port = await rest.start()
     log.info("HTTP listening on %s:%d (%s)", config.http_host, port,
              "TLS" if context else "plaintext")
