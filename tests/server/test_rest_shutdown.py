@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.server.loadkit import metric, scrape
 from tests.server.test_shutdown import WIDTH, _slow_model
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -29,7 +30,7 @@ async def _load_then_sigterm(proc: ServerProcess):
                 return reply.status, await reply.json()
 
         calls = [asyncio.ensure_future(infer(i)) for i in range(COUNT)]
-        await asyncio.sleep(0.3)  # all sent and queued: far more work than 0.3 s
+        await _all_inside(proc)
         async with session.get(f"{url}/v2/models/slow/stats") as reply:
             stats = await reply.json()
         done_before = stats["model_stats"][0]["inference_count"]
@@ -40,6 +41,20 @@ async def _load_then_sigterm(proc: ServerProcess):
         late = await infer(10_000)
         results = await asyncio.gather(*calls, return_exceptions=True)
     return done_before, ready, late, results
+
+
+async def _all_inside(proc: ServerProcess, timeout_s: float = 60.0) -> None:
+    """Until every request is in the server (queued, running or done), however slow the box."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        samples = await loop.run_in_executor(None, scrape, proc.metrics_port)
+        inside = (metric(samples, "onnxserve_requests_in_flight", model="slow")
+                  + metric(samples, "onnxserve_requests_total", model="slow"))
+        if inside >= COUNT:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the requests never all reached the server")
 
 
 def test_sigterm_finishes_accepted_rest_requests(tmp_path):
