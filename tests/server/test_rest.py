@@ -214,3 +214,9 @@ def test_console_files_are_served_for_offline_use(server):
         assert status == 200 and headers["Content-Type"].startswith(kind) and data
         assert b"https://" not in data and b"http://" not in data  # nothing from a CDN
     assert call(server.http_port, "GET", "/console/../../README.md")[0] == 404
+
+
+def test_a_timeout_that_passes_in_the_queue_is_504(server):
+    body = {**text_infer_body(["never run"]), "parameters": {"timeout": 1}}  # microseconds
+    status, doc = call_json(server.http_port, "POST", "/v2/models/sentiment/infer", body)
+    assert status == 504 and "deadline passed" in doc["error"], doc

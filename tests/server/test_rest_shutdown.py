@@ -13,7 +13,7 @@ from tests.server.loadkit import metric, scrape
 from tests.server.test_shutdown import WIDTH, _slow_model
 
 aiohttp = pytest.importorskip("aiohttp")
-COUNT = 60
+COUNT = 100
 
 
 def _body(i: int) -> bytes:
@@ -35,9 +35,12 @@ async def _load_then_sigterm(proc: ServerProcess):
             stats = await reply.json()
         done_before = stats["model_stats"][0]["inference_count"]
         proc.terminate()
-        await asyncio.sleep(0.2)
-        async with session.get(f"{url}/v2/health/ready") as reply:
-            ready = reply.status
+        ready = 200
+        for _ in range(1000):  # until the server has seen the signal: no guess at its speed
+            async with session.get(f"{url}/v2/health/ready") as reply:
+                ready = reply.status
+            if ready != 200:
+                break
         late = await infer(10_000)
         results = await asyncio.gather(*calls, return_exceptions=True)
     return done_before, ready, late, results
