@@ -6,7 +6,10 @@
 Starts a server (subprocess, OS-chosen ports), then drives it from a separate process
 (so the client does not share the server's GIL) with gRPC (``server.bench``'s load
 generator), REST with JSON tensors and REST with Triton's binary tensor extension, in
-alternating rounds so that a busy machine slows every protocol alike. Figures only.
+alternating rounds so that a busy machine slows every protocol alike. Beside req/s it
+reports the server's and the load generator's CPU time per request (/proc utime+stime over
+the requests the server's statistics counted), which a machine shared with other work
+disturbs far less than req/s. Figures only.
 """
 
 from __future__ import annotations
@@ -103,6 +106,22 @@ def _summary(latencies: list[float], errors: list[str], seconds: float) -> dict:
             "errors": len(errors)}
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def served(http_port: int) -> int:
+    """Successful mnist requests so far, from the server's own statistics."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{http_port}/v2/models/mnist/stats"
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        stats = json.loads(reply.read())
+    return sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
+
+
 def start_server(repository: Path, extra: list[str]) -> tuple[subprocess.Popen, dict]:
     args = [sys.executable, "-m", "server", "--model-repository", str(repository),
             "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--http-host", "127.0.0.1",
@@ -141,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, mp_context=ctx) as worker:
+            client_pid = worker.submit(os.getpid).result()
             for _ in range(args.rounds):
                 for protocol in PROTOCOLS:
+                    cpu0, count0 = server_cpu_s(proc.pid), served(ports["http"])
+                    client0 = server_cpu_s(client_pid)
                     if protocol == "grpc":
                         job = worker.submit(run_grpc_load, f"127.0.0.1:{ports['grpc']}",
                                             args.concurrency, args.duration_s, 1.0)
@@ -151,21 +173,31 @@ def main(argv: list[str] | None = None) -> int:
                                             protocol == "rest-binary", args.concurrency,
                                             args.duration_s, 1.0)
                     point = job.result()
+                    count = max(1, served(ports["http"]) - count0)
+                    point["server_cpu_us_per_request"] = 1e6 * (
+                        server_cpu_s(proc.pid) - cpu0) / count
+                    point["client_cpu_us_per_request"] = 1e6 * (
+                        server_cpu_s(client_pid) - client0) / count
                     results[protocol].append(point)
                     print(f"{protocol:12s} c={args.concurrency}: {point['throughput_rps']:7.0f} "
                           f"req/s  p50 {point['p50_ms']:6.2f} ms  p99 {point['p99_ms']:6.2f} ms"
+                          f"  CPU us/req: server {point['server_cpu_us_per_request']:4.0f}"
+                          f" client {point['client_cpu_us_per_request']:4.0f}"
                           f"  errors {point['errors']}", file=sys.stderr, flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     best = {p: max(r["throughput_rps"] for r in rows) for p, rows in results.items()}
+    cpu = {p: min(r["server_cpu_us_per_request"] for r in rows) for p, rows in results.items()}
     for protocol in PROTOCOLS[1:]:
         print(f"{protocol}: {best[protocol]:.0f} req/s = {best[protocol] / best['grpc']:.2f}x "
-              f"gRPC's {best['grpc']:.0f} req/s (best of {args.rounds} rounds)")
+              f"gRPC's {best['grpc']:.0f} req/s (best of {args.rounds} rounds); server CPU "
+              f"{cpu[protocol]:.0f} us/req vs gRPC's {cpu['grpc']:.0f}")
     out = Path("bench-results")
     out.mkdir(exist_ok=True)
     (out / "rest_bench.json").write_text(json.dumps(
-        {"concurrency": args.concurrency, "results": results, "best_rps": best}, indent=1))
+        {"concurrency": args.concurrency, "results": results, "best_rps": best,
+         "min_server_cpu_us_per_request": cpu}, indent=1))
     return 0
 
 
