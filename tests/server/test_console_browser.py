@@ -79,6 +79,12 @@ def test_console_lists_models_and_answers_in_the_browser(server, browser, tmp_pa
     (label, score), = _bars(page, "sentiment")
     assert label == "probability" and 0.5 < score <= 1.0
     assert "positive" in page.inner_text(".panel[data-model=sentiment] .answer")
+    # The statistics-driven rate shows the request just answered: the table refreshes every
+    # 2 s and a rate lasts one refresh, so poll often (function form: the page's CSP
+    # forbids evaluating strings).
+    page.wait_for_function("() => parseFloat(document.querySelector("
+                           "'#models tr[data-model=sentiment] .rps').textContent) > 0",
+                           polling=100, timeout=30_000)
 
     canvas = page.wait_for_selector(".panel[data-model=mnist] canvas.draw").bounding_box()
     x = canvas["x"] + canvas["width"] / 2
@@ -97,16 +103,11 @@ def test_console_lists_models_and_answers_in_the_browser(server, browser, tmp_pa
     if label is not None:
         page.set_input_files(".panel[data-model=mnist] input[type=file]",
                              str(tmp_path / "digit.png"))
-        # Function-form predicates: the console's CSP forbids evaluating strings.
         page.wait_for_function(
             "want => (document.querySelector('.panel[data-model=mnist] .answer') || "
             "{textContent: ''}).textContent.includes(want)", arg=f"digit {label}",
             timeout=30_000)
 
-    # The statistics-driven rate shows the requests just sent (refreshed every 2 s).
-    page.wait_for_function("() => parseFloat(document.querySelector("
-                           "'#models tr[data-model=sentiment] .rps').textContent) > 0",
-                           timeout=30_000)
     page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
     if target := os.environ.get("CONSOLE_SCREENSHOT"):
         shutil.copy(tmp_path / "console.png", target)
