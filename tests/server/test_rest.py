@@ -220,3 +220,12 @@ def test_a_timeout_that_passes_in_the_queue_is_504(server):
     body = {**text_infer_body(["never run"]), "parameters": {"timeout": 1}}  # microseconds
     status, doc = call_json(server.http_port, "POST", "/v2/models/sentiment/infer", body)
     assert status == 504 and "deadline passed" in doc["error"], doc
+
+
+def test_unknown_paths_are_404_and_wrong_methods_405(server):
+    port = server.http_port
+    assert call_json(port, "POST", "/v2/no-such-endpoint", {})[0] == 404
+    assert call_json(port, "GET", "/v2/no-such-endpoint")[0] == 404
+    assert call_json(port, "POST", "/v2/health/live", {})[0] == 405
+    assert call_json(port, "PUT", "/v2/repository/index", {})[0] == 405
+    assert call_json(port, "GET", "/v2/repository/models/mnist/load")[0] == 405

@@ -35,6 +35,8 @@ access_log = logging.getLogger("server.access")
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
                          r"(?:/(?P<action>ready|config|stats|infer))?")
 _REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unload)")
+_FIXED_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats",
+                "/v2/repository/index"}
 # Load parameters tritonclient sends that change nothing here.
 _HARMLESS_LOAD_PARAMETERS = {"unload_dependents"}
 
@@ -73,7 +75,8 @@ class RestApi:
         self._api_header, _, self._api_secret = repository_api_key.partition(":")
         self._api_header = self._api_header.lower()
         self._access = access_log_enabled
-        self._observe = observer  # metrics: observer(model, version, exc, seconds, protocol)
+        # Metrics: observer(model_name, model or None, exc or None, seconds, protocol=).
+        self._observe = observer
         self._static = static  # path -> Reply for GET (console, OpenAPI); None = none
 
     async def handle(self, request: Request) -> Reply:
@@ -100,7 +103,9 @@ class RestApi:
         return json_reply({"error": f"no such endpoint: {path[:200]}"}, 404)
 
     def _known(self, path: str) -> bool:
-        return bool(path.startswith("/v2") or (self._static and path in self._static))
+        """A path some method answers (405 for the others), else 404."""
+        return bool(path in _FIXED_PATHS or _MODEL_PATH.fullmatch(path)
+                    or _REPOSITORY_PATH.fullmatch(path) or (self._static and path in self._static))
 
     # ---- GET: health, metadata, config, statistics, static files -----------------------
     def _get(self, path: str) -> Reply:
@@ -119,7 +124,7 @@ class RestApi:
             return self._model_get(m["model"], m["version"] or "", m["action"])
         if self._static and path in self._static:
             return self._static[path]
-        if m is not None:
+        if self._known(path):
             return json_reply({"error": f"method GET is not allowed on {path[:200]}"}, 405)
         return json_reply({"error": f"no such endpoint: {path[:200]}"}, 404)
 
