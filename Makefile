@@ -10,7 +10,7 @@ METRICS_PORT ?= 8002
 HTTP_PORT ?= 8000
 export DATA_DIR
 
-.PHONY: serve test train-export quick-train proto bench bench-rest soak container-test clean
+.PHONY: serve test train-export quick-train proto bench soak container-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ bench: $(VENV)/.dev
 	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY)
 
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
+.PHONY: bench-rest
 bench-rest: $(VENV)/.dev
 	$(PY) -m server.rest_bench --model-repository $(MODEL_REPOSITORY) --rounds 3
 

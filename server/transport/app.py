@@ -41,7 +41,6 @@ class RunningServer:
     health: health.aio.HealthServicer
     grpc_port: int
     stop_event: asyncio.Event
-    rest: object = None  # the KServe v2 REST port (server.transport.http), when enabled
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
@@ -129,8 +128,6 @@ async def drain_and_stop(running: RunningServer) -> None:
     deadline = time.monotonic() + timeout
     while running.lifecycle.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    if running.rest is not None:  # in-flight REST requests are counted in in_flight too
-        await running.rest.stop()
     await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     log.info("stopped")
@@ -151,9 +148,10 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
+    rest = None  # the KServe v2 REST port (server.transport.http)
     if config.http_enabled:
         from server.transport.http.server import start_rest
-        running.rest = await start_rest(running, metrics.observe if metrics else None)
+        rest = await start_rest(running, metrics.observe if metrics else None)
     await start(running)
     poller = None
     if config.model_control_mode == "poll":
@@ -163,6 +161,8 @@ async def serve(config: ServerConfig) -> None:
         poller.cancel()
         await asyncio.gather(poller, return_exceptions=True)
     await drain_and_stop(running)
+    if rest is not None:  # after the drain, which waited for REST requests (in_flight) too
+        await rest.stop()
     if metrics is not None:
         metrics.stop_http()
 
