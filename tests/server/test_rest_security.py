@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
+from server.transport.http.status import HTTP_FOR_GRPC
 from tests.conftest import ServerProcess
 from tests.server.restkit import call, call_json, image_infer_body
 from tests.server.test_security import (API_HEADER, API_SECRET, MAX_MESSAGE,  # noqa: F401
@@ -42,7 +43,15 @@ def test_load_and_unload_need_the_api_key(locked_server, locked_stub):
                             {"parameters": {"config": "{}"}}, key)
     assert status == 400 and "config" in doc["error"]
     status, doc = call_json(port, "POST", "/v2/repository/models/nope/load", {}, key)
-    assert status == 500 and "nope" in doc["error"]
+    with pytest.raises(grpc.RpcError) as info:
+        locked_stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"),
+                                        metadata=((API_HEADER, API_SECRET),), timeout=30)
+    assert (status, doc) == (http_status_for_code(info.value.code()),
+                             {"error": info.value.details()})
+
+
+def http_status_for_code(code: grpc.StatusCode) -> int:
+    return HTTP_FOR_GRPC[code]
 
 
 def test_bodies_over_the_message_limit_get_413(locked_server):

@@ -1,28 +1,27 @@
-"""The one place where domain errors become HTTP status codes (beside transport.status)."""
+"""The one place where domain errors become HTTP status codes, beside the gRPC table.
+
+Each domain error gets the HTTP status of its gRPC status code (``transport.status``),
+so the two protocols cannot disagree and a new domain error needs one table entry only.
+"""
 
 from __future__ import annotations
 
-from server import errors
+import grpc
 
-# Order matters only for subclasses; each domain error maps to the code a REST client
-# would expect for the gRPC status the other table gives it.
-_CODES: tuple[tuple[type, int], ...] = (
-    (errors.InvalidInputError, 400),          # INVALID_ARGUMENT
-    (errors.RepositoryError, 400),            # INVALID_ARGUMENT
-    (errors.ModelNotFoundError, 404),         # NOT_FOUND
-    (errors.ModelNotReadyError, 503),         # UNAVAILABLE
-    (errors.ServerDrainingError, 503),        # UNAVAILABLE
-    (errors.QueueFullError, 429),             # RESOURCE_EXHAUSTED: retry later
-    (errors.DeadlineExceededError, 504),      # DEADLINE_EXCEEDED
-    (errors.PermissionDeniedError, 403),      # PERMISSION_DENIED
-    (errors.ModelControlDisabledError, 409),  # FAILED_PRECONDITION: the server's mode
-    (errors.ModelLoadError, 500),             # INTERNAL, with the reason
-    (errors.InternalError, 500),              # INTERNAL
-)
+from server import errors
+from server.transport.status import status_for
+
+HTTP_FOR_GRPC: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,    # bad input, malformed body
+    grpc.StatusCode.NOT_FOUND: 404,           # unknown model or version
+    grpc.StatusCode.PERMISSION_DENIED: 403,   # repository API key
+    grpc.StatusCode.FAILED_PRECONDITION: 409,  # load/unload outside explicit mode
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,  # queue full, overloaded: retry later
+    grpc.StatusCode.UNAVAILABLE: 503,         # draining, model not ready
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,   # deadline or queue timeout passed
+    grpc.StatusCode.INTERNAL: 500,            # failed load, unexpected failure
+}
 
 
 def http_status_for(error: errors.ServingError) -> int:
-    for kind, code in _CODES:
-        if isinstance(error, kind):
-            return code
-    return 500
+    return HTTP_FOR_GRPC.get(status_for(error), 500)
