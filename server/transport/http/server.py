@@ -90,7 +90,12 @@ async def start_rest(running, observer=None):
                                      config.tls_client_ca_file)
     rest = RestServer(api, config.http_host, config.http_port, config.max_message_bytes,
                       context, shutdown_timeout_s=config.drain_timeout_s)
-    port = await rest.start()
+    try:
+        port = await rest.start()
+    except OSError as exc:  # one line for the operator, like the other ports' errors
+        raise OSError(exc.errno, f"cannot serve REST on {config.http_host}:{config.http_port}: "
+                      f"{exc.strerror or exc}; pick another port with --http-port (0 = any "
+                      "free port) or turn it off with --http-enabled false") from None
     log.info("HTTP listening on %s:%d (%s)", config.http_host, port,
              "TLS" if context else "plaintext")
     return rest
