@@ -112,7 +112,7 @@ class RestApi:
         if path == "/v2/health/live":
             return json_reply({"live": True})
         if path == "/v2/health/ready":
-            ready = self._life.accepting and not self._life.draining and self._repo.all_ready()
+            ready = self._life.ready(self._repo)
             return json_reply({"ready": ready}, 200 if ready else 503)
         if path == "/v2":
             return json_reply({"name": "onnx-serve", "version": __version__,

@@ -6,7 +6,9 @@ import logging
 import ssl
 from pathlib import Path
 
-from server.transport.http.api import Request, RestApi
+from server.admission import ByteBudget
+from server.errors import StartupError
+from server.transport.http.api import Request, RestApi, error_reply
 
 log = logging.getLogger("server.http")
 
@@ -31,9 +33,11 @@ class RestServer:
     """aiohttp's server in the running loop: one catch-all route into RestApi."""
 
     def __init__(self, api: RestApi, host: str, port: int, max_body_bytes: int,
-                 ssl_context: ssl.SSLContext | None, shutdown_timeout_s: float = 30.0):
+                 ssl_context: ssl.SSLContext | None, shutdown_timeout_s: float = 30.0,
+                 budget: ByteBudget | None = None):
         self._api, self._host, self._port = api, host, port
         self._limit = max_body_bytes
+        self._budget = budget  # the request bytes held at once, shared with gRPC
         self._ssl = ssl_context
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner = None
@@ -55,15 +59,27 @@ class RestServer:
     async def _handle(self, request):
         from aiohttp import web
 
-        try:
-            if (request.content_length or 0) > self._limit:  # refused before reading it
-                raise web.HTTPRequestEntityTooLarge(self._limit, request.content_length)
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        if (request.content_length or 0) > self._limit:  # refused before reading it
             status, text = _too_large(self._limit)
             return web.Response(status=status, body=text, content_type="application/json")
-        reply = await self._api.handle(Request(request.method, request.path, request.headers,
-                                               body))
+        # A body counts against the request-bytes budget from before it is read (its
+        # announced length) until the reply is built, as gRPC messages do.
+        held = request.content_length or 0
+        if self._budget is not None and not self._budget.take(held):
+            reply = error_reply(self._budget.refusal(held))
+            return web.Response(status=reply.status, body=reply.body,
+                                content_type="application/json")
+        try:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
+                status, text = _too_large(self._limit)
+                return web.Response(status=status, body=text, content_type="application/json")
+            reply = await self._api.handle(Request(request.method, request.path,
+                                                   request.headers, body))
+        finally:
+            if self._budget is not None:
+                self._budget.give(held)
         return web.Response(status=reply.status, body=reply.body,
                             headers={"Content-Type": reply.content_type, **reply.headers})
 
@@ -89,13 +105,14 @@ async def start_rest(running, observer=None):
         context = server_ssl_context(config.tls_cert_file, config.tls_key_file,
                                      config.tls_client_ca_file)
     rest = RestServer(api, config.http_host, config.http_port, config.max_message_bytes,
-                      context, shutdown_timeout_s=config.drain_timeout_s)
+                      context, shutdown_timeout_s=config.drain_timeout_s,
+                      budget=running.request_budget)
     try:
         port = await rest.start()
     except OSError as exc:  # one line for the operator, like the other ports' errors
-        raise OSError(exc.errno, f"cannot serve REST on {config.http_host}:{config.http_port}: "
-                      f"{exc.strerror or exc}; pick another port with --http-port (0 = any "
-                      "free port) or turn it off with --http-enabled false") from None
+        raise StartupError(f"cannot serve REST on {config.http_host}:{config.http_port}: "
+                           f"{exc.strerror or exc}; pick another port with --http-port (0 = "
+                           "any free port) or turn it off with --http-enabled false") from None
     log.info("HTTP listening on %s:%d (%s)", config.http_host, port,
              "TLS" if context else "plaintext")
     return rest
