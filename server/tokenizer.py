@@ -234,10 +234,10 @@ def last_words(text: str, count: int) -> list[str]:
         # A tag that began before the cut ends at the tail's first '>': start after it.
         tail = _finish(tail[tail.find(">", 0, _TAG_SPAN) + 1:])
         words = split_words(tail)
-        if len(words) >= count or window >= limit:
-            if not found:
-                words = words[1:]  # the first word was cut in two
+        if found and len(words) >= count:
             return words[-count:]
+        if window >= limit:
+            return (words if found else words[1:])[-count:]  # unsafe cut: its word is lost
         window *= 4
 
 

@@ -174,3 +174,9 @@ def test_long_runs_of_combining_marks_are_cut_to_the_stream_safe_limit():
     text = "a" + "\u0301" * 40 + " b"
     assert normalize(text) == normalize("a" + "\u0301" * 30 + " b")
     assert normalize("e\u0301") == "\u00e9"  # short runs are untouched
+
+
+def test_a_giant_word_before_a_tag_is_kept_whole():
+    """A cut with no safe place inside the first window grows the window, not the loss."""
+    text = "x" * 100 + "<" + "y" * 190 + ">"
+    assert last_words(text, 1) == ["x" * 100]
