@@ -123,8 +123,23 @@ class DynamicBatcher:
             await asyncio.gather(self._former, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        await self._release()
+
+    async def _release(self) -> None:
+        """Stop the worker threads and drop what ties this batcher to its model.
+
+        ``run`` and ``on_batch`` are usually bound methods of the model version that owns
+        this batcher: a reference cycle that would keep the version, its ORT session and
+        its threads alive until Python's cyclic GC happens to run.
+        """
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # Every batch has finished: the threads are idle and exit at once. Joined off
+            # the event loop all the same.
+            await self._loop.run_in_executor(None, executor.shutdown, True)
+        self._run = _closed_run
+        self._on_batch = self._on_expired = None
+        self._former = None  # its CancelledError's traceback refers back to us
 
     @property
     def queue_depth(self) -> int:
@@ -302,3 +317,7 @@ def _split(outputs: Feeds, batch: list[Pending], rows: int, name: str) -> list[F
 def _fail(pending: Pending, error: BaseException) -> None:
     if not pending.future.done():
         pending.future.set_exception(error)
+
+
+def _closed_run(feeds: Feeds) -> Feeds:
+    raise InternalError("this model version is closed; it runs nothing any more")

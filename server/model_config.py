@@ -135,7 +135,9 @@ def spec_from_proto(proto: model_config_pb2.ModelConfig, folder_name: str) -> Mo
 
 
 def _tensor(t, where: str, kind: str) -> TensorSpec:
-    type_name = model_config_pb2.DataType.Name(t.data_type)
+    # proto3 enums are open: text format accepts any number, which Name() refuses.
+    type_name = model_config_pb2.DataType.Name(t.data_type) if t.data_type in (
+        model_config_pb2.DataType.values()) else str(t.data_type)
     if type_name not in CONFIG_TO_V2:
         raise ModelLoadError(f"{where}: {kind} {t.name!r} has unsupported data_type "
                              f"{type_name}")

@@ -19,7 +19,7 @@ from server.errors import (ModelLoadError, ModelNotFoundError, ModelNotReadyErro
                            RepositoryError, ServingError)
 from server.model import ModelVersion
 from server.model_config import CONFIG_FILE, read_model_config
-from server.runtime import RuntimeOptions
+from server.runtime import RuntimeOptions, error_summary
 
 log = logging.getLogger("server.repository")
 
@@ -39,7 +39,9 @@ class ModelEntry:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fingerprint: tuple = ()
     load_failures: int = 0
-    wanted: bool = False  # asked to serve (loaded, or a load was attempted); unload clears
+    # Counts for readiness (ModelRepository.all_ready): loaded once, or named at start-up.
+    # A load that fails at run time does not set it; unload clears it.
+    wanted: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class ModelRepository:
         self._retired: set[asyncio.Task] = set()
         self._discovered: tuple[str, ...] = ()  # model folders found by the last scan
         self.listeners: list = []  # callables(event, name, version, seconds, reason)
+        # Coroutine functions awaited after every load or unload, failed ones included,
+        # before the call returns: the server's health status follows readiness this way.
+        self.on_change: list = []
 
     # ---- discovery --------------------------------------------------------------------
     def model_dir(self, name: str) -> Path:
@@ -112,42 +117,99 @@ class ModelRepository:
 
     # ---- loading ----------------------------------------------------------------------
     async def load(self, name: str) -> None:
-        """Load (or reload) every version the policy selects; swap in atomically."""
+        """Load (or reload) every version the policy selects; swap in atomically.
+
+        A name with no model folder is refused (ModelNotFoundError) before anything is
+        recorded: a typo leaves no state, no metric series and no readiness change.
+        """
+        path = self._existing_model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        try:
+            async with entry.lock:
+                await self._load_entry(entry, path)
+        finally:
+            await self._changed()
+
+    async def _load_entry(self, entry: ModelEntry, path: Path) -> None:
+        name = entry.name
+        started = time.monotonic()
+        # Taken before reading the files: a change during the load is seen next poll.
+        fingerprint = self.fingerprint(name)
+        entry.fingerprint = fingerprint
+        if not entry.versions:
+            entry.state, entry.reason = LOADING, "loading"
+        try:
+            new_versions = await self._load_versions(name, path)
+        except asyncio.CancelledError:
+            if not entry.versions:  # never left LOADING behind
+                entry.state, entry.reason = UNAVAILABLE, "the load was cancelled"
+            raise
+        except Exception as exc:  # whatever the cause, a load failure with its reason
+            error = exc if isinstance(exc, ServingError) else _load_error(f"model {name!r}", exc)
+            self._record_failure(entry, error, time.monotonic() - started)
+            if error is exc:
+                raise
+            raise error from None
+        old = entry.versions
+        entry.versions = new_versions  # the atomic switch
+        entry.state, entry.reason = READY, ""
+        entry.wanted = True
+        for version in new_versions.values():
+            log.info("model %s version %d ready on %s in %.2f s (providers %s)", name,
+                     version.version, version.session.device, version.load_seconds,
+                     ",".join(version.session.providers))
+            self._notify("loaded", name, str(version.version), version.load_seconds, "")
+        self._retire(old.values())
+
+    def _record_failure(self, entry: ModelEntry, error: ServingError, seconds: float) -> None:
+        entry.load_failures += 1
+        entry.reason = str(error)
+        if not entry.versions:
+            entry.state = UNAVAILABLE
+        log.error("model %s failed to load (%s): %s", entry.name,
+                  "previous versions keep serving" if entry.versions else "not serving", error)
+        self._notify("load_failed", entry.name, "", seconds, str(error))
+
+    async def load_startup(self, names: list[str]) -> None:
+        """Load the models the server starts with; each one failing is logged and kept.
+
+        These are wanted even when they fail: the server then starts (the other models
+        serve) but reports not ready, with the reason, until the model loads or is
+        unloaded. A load that fails later at run time (explicit or poll) does not turn a
+        ready server not ready: like Triton, the server stays ready for the models that
+        serve, and the failure shows in the load's answer, the index and the metrics. One
+        broken model pushed to every replica must not take all of them out of service.
+        """
+        for name in names:
+            try:
+                self._existing_model_dir(name)
+            except ServingError as exc:  # a start-up model that is not there at all
+                entry = self._entries.setdefault(name, ModelEntry(name))
+                entry.wanted, entry.state, entry.reason = True, UNAVAILABLE, str(exc)
+                log.error("start-up model %s cannot load: %s", name, exc)
+                continue
+            self._entries.setdefault(name, ModelEntry(name)).wanted = True
+            try:
+                await self.load(name)
+            except ServingError:
+                pass  # logged and recorded by load()
+
+    def _existing_model_dir(self, name: str) -> Path:
+        """The folder of a model in the repository; refuses unknown or escaping names."""
         path = self.model_dir(name)
         if not self._inside(name, path / CONFIG_FILE):
             raise RepositoryError(f"model {name!r}: its config.pbtxt leads outside the "
                                   "repository; symbolic links leading out are refused")
-        entry = self._entries.setdefault(name, ModelEntry(name))
-        async with entry.lock:
-            entry.wanted = True
-            started = time.monotonic()
-            # Taken before reading the files: a change during the load is seen next poll.
-            fingerprint = self.fingerprint(name)
-            entry.fingerprint = fingerprint
-            if not entry.versions:
-                entry.state, entry.reason = LOADING, "loading"
-            try:
-                new_versions = await self._load_versions(name, path)
-            except ServingError as exc:
-                entry.load_failures += 1
-                entry.reason = str(exc)
-                if not entry.versions:
-                    entry.state = UNAVAILABLE
-                log.error("model %s failed to load (%s): %s", name,
-                          "previous versions keep serving" if entry.versions else "not serving",
-                          exc)
-                self._notify("load_failed", name, "", time.monotonic() - started, str(exc))
-                raise
-            old = entry.versions
-            entry.versions = new_versions  # the atomic switch
-            entry.state, entry.reason = READY, ""
-            entry.fingerprint = fingerprint
-            for version in new_versions.values():
-                log.info("model %s version %d ready on %s in %.2f s (providers %s)", name,
-                         version.version, version.session.device, version.load_seconds,
-                         ",".join(version.session.providers))
-                self._notify("loaded", name, str(version.version), version.load_seconds, "")
-            self._retire(old.values())
+        if not (path / CONFIG_FILE).is_file():
+            log.debug("load of %r refused: no %s/%s in the repository", name, name,
+                      CONFIG_FILE)
+            raise ModelNotFoundError(f"no model {name!r} in the repository: there is no "
+                                     f"folder {name!r} with a {CONFIG_FILE}")
+        return path
+
+    async def _changed(self) -> None:
+        for hook in self.on_change:
+            await hook()
 
     async def _load_versions(self, name: str, path: Path) -> dict[int, ModelVersion]:
         loop = asyncio.get_running_loop()
@@ -164,28 +226,44 @@ class ModelRepository:
         loaded: dict[int, ModelVersion] = {}
         try:
             for number in chosen:
-                started = time.monotonic()
-                version = await loop.run_in_executor(
-                    None, ModelVersion, spec, number, path / str(number), self._options)
-                await version.start()
-                version.load_seconds = time.monotonic() - started  # warm-up included
-                loaded[number] = version
+                loaded[number] = await self._load_version(spec, number, path)
         except BaseException:
             self._retire(loaded.values())
             raise
         return loaded
 
+    async def _load_version(self, spec, number: int, path: Path) -> ModelVersion:
+        """One version built and warmed; any failure is a ModelLoadError naming it."""
+        started = time.monotonic()
+        version = None
+        try:
+            version = await asyncio.get_running_loop().run_in_executor(
+                None, ModelVersion, spec, number, path / str(number), self._options)
+            await version.start()
+        except BaseException as exc:
+            if version is not None:  # free its session and threads now
+                await asyncio.shield(version.close(0.0))
+            if isinstance(exc, ServingError) or not isinstance(exc, Exception):
+                raise
+            raise _load_error(f"{spec.name}:{number}", exc) from None
+        version.load_seconds = time.monotonic() - started  # warm-up included
+        return version
+
     async def unload(self, name: str) -> None:
+        """Stop serving ``name``; also clears a failed model's claim on readiness."""
+        self.model_dir(name)  # the same name checks as load
         entry = self._entries.get(name)
-        if entry is None or not entry.versions:
-            self.model_dir(name)  # the same name checks as load
+        if entry is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
-        async with entry.lock:
-            old = entry.versions
-            entry.versions = {}
-            entry.wanted = False
-            entry.state, entry.reason = UNAVAILABLE, "unloaded"
-            self._retire(old.values())
+        try:
+            async with entry.lock:
+                old = entry.versions
+                entry.versions = {}
+                entry.wanted = False
+                entry.state, entry.reason = UNAVAILABLE, "unloaded"
+                self._retire(old.values())
+        finally:
+            await self._changed()
 
     def _retire(self, versions) -> None:
         """Drain and close replaced versions in the background (in-flight work finishes)."""
@@ -198,6 +276,11 @@ class ModelRepository:
         await version.close(self._drain_timeout_s)
         log.info("model %s version %d unloaded", version.name, version.version)
         self._notify("unloaded", version.name, str(version.version), 0.0, "")
+
+    async def settle(self) -> None:
+        """Wait until every replaced or unloaded version has drained and closed."""
+        while self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
 
     async def close(self) -> None:
         """Drain every model (bounded by the drain timeout) and close everything."""
@@ -224,7 +307,7 @@ class ModelRepository:
             except ServingError:
                 pass  # logged and recorded by load()
         for name, entry in list(self._entries.items()):
-            if name not in present and entry.versions:
+            if name not in present and (entry.versions or entry.wanted):
                 log.info("model %s left the repository; unloading", name)
                 await self.unload(name)
 
@@ -299,3 +382,11 @@ class ModelRepository:
                 reason = entry.reason if entry else "not loaded"
                 rows.append(IndexRow(name, "", state, reason))
         return rows
+
+
+def _load_error(where: str, exc: Exception) -> ModelLoadError:
+    """Any failure while loading (ORT's own exception types, a bug) as a load error that
+    names the model and the cause; the traceback goes to the debug log only."""
+    log.debug("%s: load failure", where, exc_info=exc)
+    return ModelLoadError(f"{where}: loading failed: {type(exc).__name__}: "
+                          f"{error_summary(exc)}")

@@ -64,7 +64,7 @@ class OnnxSession:
                                                  providers=wanted)
         except Exception as exc:  # ORT raises its own exception types for bad files
             raise ModelLoadError(f"{label}: ONNX Runtime cannot load {model_path}: "
-                                 f"{str(exc).splitlines()[0][:300]}") from None
+                                 f"{error_summary(exc)}") from None
         self.providers = tuple(self._session.get_providers())
         if wanted[0] == CUDA and self.providers[0] != CUDA:
             log.warning("%s: CUDA was requested but ONNX Runtime runs on %s (a CUDA or "
@@ -80,6 +80,23 @@ class OnnxSession:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, feeds)
         return dict(zip(self._output_names, results))
+
+    def close(self) -> None:
+        """Free the ORT session now (its memory arena and intra-op threads).
+
+        Only once nothing runs on it any more. Dropping our one reference destroys the
+        native session at once, without waiting for Python's cyclic garbage collector.
+        """
+        self._session = None
+
+
+def error_summary(exc: BaseException, limit: int = 400) -> str:
+    """An exception as one readable line: ORT's messages span lines and name their
+    indices on the second one, so lines are joined rather than cut at the first."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit - 3] + "..."
+    return text
 
 
 def _describe(node) -> OrtTensor:

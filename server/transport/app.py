@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from server.admission import ByteBudget
 from server.config import ServerConfig
-from server.errors import ServingError, StartupError
+from server.errors import StartupError
 from server.memory import HeapTrimmer
 from server.protocol import grpc_service_pb2 as pb
 from server.repository import ModelRepository
@@ -44,12 +44,21 @@ class RunningServer:
     grpc_port: int
     stop_event: asyncio.Event
     request_budget: ByteBudget
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
+
+    async def sync_health(self) -> None:
+        """grpc.health from the same rule as ServerReady, after every readiness change.
+
+        Serialised so that concurrent loads cannot leave an older answer last.
+        """
+        async with self._health_lock:
+            await self.set_serving(self.lifecycle.ready(self.repository))
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -113,6 +122,7 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     running = RunningServer(config, repository, lifecycle, server, health_servicer, port,
                             asyncio.Event(), budget)
     await running.set_serving(False)
+    repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
 
 
@@ -128,14 +138,11 @@ async def start(running: RunningServer) -> None:
         names = []
     else:
         names = running.repository.discover()
-    for name in names:
-        try:
-            await running.repository.load(name)
-        except ServingError:
-            pass  # logged by the repository; the model reports not ready with the reason
+    # A model that fails is logged and recorded; the others serve regardless.
+    await running.repository.load_startup(names)
     running.lifecycle.accepting = True
-    ready = running.repository.all_ready()
-    await running.set_serving(ready)
+    ready = running.lifecycle.ready(running.repository)
+    await running.sync_health()
     if ready:
         log.info("server ready: %d model version(s) loaded",
                  len(running.repository.loaded_versions()))
@@ -148,7 +155,7 @@ async def drain_and_stop(running: RunningServer) -> None:
     timeout = running.config.drain_timeout_s
     log.info("shutting down: not ready, finishing in-flight requests (up to %.0f s)", timeout)
     running.lifecycle.draining = True
-    await running.set_serving(False)
+    await running.sync_health()  # after any health update in flight: NOT_SERVING last
     # While the port stays open, new calls get a clean UNAVAILABLE from our handlers;
     # stopping the gRPC server at once would instead cancel calls caught in flight
     # between the transport and a handler.
@@ -219,4 +226,4 @@ async def _poll_forever(running: RunningServer) -> None:
             await running.repository.poll()
         except Exception:  # a scan must never take the server down
             log.exception("repository poll failed")
-        await running.set_serving(running.repository.all_ready())
+        await running.sync_health()

@@ -76,6 +76,9 @@ class Lifecycle:
         """End every open stream once the requests it carries are answered."""
         for queue in self.streams:
             queue.put_nowait(STREAM_CLOSE)
+    def ready(self, repository: ModelRepository) -> bool:
+        """The one readiness rule: ServerReady and grpc.health both answer from it."""
+        return self.accepting and not self.draining and repository.all_ready()
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -96,8 +99,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        ready = self._life.accepting and not self._life.draining and self._repo.all_ready()
-        return pb.ServerReadyResponse(ready=ready)
+        return pb.ServerReadyResponse(ready=self._life.ready(self._repo))
 
     async def ModelReady(self, request, context):
         ready = not self._life.draining and self._repo.is_ready(request.name, request.version)

@@ -54,6 +54,8 @@ def test_version_policies_select(tmp_path):
     (('name: "digits"', 'name: "letters"'), "differs from its folder name"),
     (('platform: "onnxruntime_onnx"', 'platform: "tensorflow_savedmodel"'), "not served"),
     (("TYPE_FP32 dims: [ 28", "TYPE_FP32 dims: [ 0"), "must be positive or -1"),
+    # proto3 text format takes any enum number; it used to escape as a ValueError.
+    (("TYPE_FP32 dims: [ 28", "99 dims: [ 28"), "unsupported data_type 99"),
     (("preferred_batch_size: [ 4, 8 ]", "preferred_batch_size: [ 64 ]"), "1..max_batch_size"),
     (("max_batch_size: 16", "max_batch_size: sixteen"), "not valid ModelConfig text"),
 ])
