@@ -219,32 +219,46 @@ def test_a_killed_worker_is_replaced(cluster):
         assert _count(worker, metadata=LOCAL) > 0, "the new worker served nothing"
 
 
-def test_sigterm_with_workers_loses_no_accepted_request(tmp_path, models_dir):
-    copy_mnist(models_dir, tmp_path, "max_queue_delay_microseconds: 500")
+def test_sigterm_with_workers_loses_no_accepted_request(tmp_path):
+    """Calls spread over both workers, queued behind a slow model; then SIGTERM: every
+    accepted call completes and the supervisor exits 0."""
+    from tests.server.test_shutdown import _request, _slow_model
+
+    _slow_model(tmp_path / "slow")
     proc = ServerProcess(tmp_path, "--workers", "2")
     pids = [pid for pid, _ in _workers(proc).values()]
-    outcomes: list = []
 
-    def load():
-        outcomes.extend(asyncio.run(_spread_load(proc.address, 16, 60)))
-
-    loader = threading.Thread(target=load)
-    loader.start()
-    try:
-        assert wait_until(lambda: _count(pb_grpc.GRPCInferenceServiceStub(
-            grpc.insecure_channel(proc.address))) >= 100, 120)
+    async def load_then_sigterm():
+        channels = [grpc.aio.insecure_channel(proc.address, options=[
+            ("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+        stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in channels]
+        calls = [asyncio.ensure_future(stubs[i % 8].ModelInfer(_request(i), timeout=120))
+                 for i in range(160)]
+        while True:  # every call accepted (held or answered) by some worker
+            samples = scrape(proc.metrics_port)
+            if (metric(samples, "onnxserve_requests_in_flight", model="slow")
+                    + metric(samples, "onnxserve_requests_total", model="slow")) >= len(calls):
+                break
+            await asyncio.sleep(0.01)
+        done = metric(scrape(proc.metrics_port), "onnxserve_requests_total", model="slow")
         proc.terminate()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        for channel in channels:
+            await channel.close()
+        return done, results
+
+    try:
+        done_before, results = asyncio.run(load_then_sigterm())
         code = proc.wait(120)
     finally:
-        loader.join(120)
         proc.stop()
+    assert done_before < len(results), "the load finished before SIGTERM: proves nothing"
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures[:3]
+    assert [r.id for r in results] == [str(i) for i in range(len(results))]
     assert code == 0, proc.log[-3000:]
-    # A call either ran to completion or was refused cleanly before it was accepted.
-    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(outcomes)
-    assert outcomes.count(grpc.StatusCode.OK) >= 100
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status").read_text()
+        assert not Path(f"/proc/{pid}").exists()
 
 
 def test_one_worker_means_no_supervisor(tmp_path, models_dir):
@@ -257,5 +271,36 @@ def test_one_worker_means_no_supervisor(tmp_path, models_dir):
         with grpc.insecure_channel(proc.address) as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ModelInfer(mnist_request(_image()), timeout=30).model_name == "mnist"
+    finally:
+        proc.stop()
+
+
+def test_poll_mode_loads_and_unloads_on_every_worker(tmp_path, models_dir):
+    import shutil
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    copy_mnist(models_dir, tmp_path, "")
+    proc = ServerProcess(tmp_path, "--workers", "2", "--model-control-mode", "poll",
+                         "--repository-poll-interval-s", "0.5")
+
+    def digits_ready_everywhere(expected: bool) -> bool:
+        for index in (0, 1):
+            channel, worker = _local_stub(proc, index)
+            with channel:
+                if worker.ModelReady(pb.ModelReadyRequest(name="digits"), metadata=LOCAL,
+                                     timeout=10).ready != expected:
+                    return False
+        return True
+
+    try:
+        with grpc.insecure_channel(proc.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert wait_until(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                              .status == health_pb2.HealthCheckResponse.SERVING, 60)
+        copy_mnist(models_dir, tmp_path, "", name="digits")
+        assert wait_until(lambda: digits_ready_everywhere(True), 120), proc.log[-3000:]
+        shutil.rmtree(tmp_path / "digits")
+        assert wait_until(lambda: digits_ready_everywhere(False), 120), proc.log[-3000:]
     finally:
         proc.stop()
