@@ -41,8 +41,10 @@ quick-train: $(VENV)/.dev
 proto: $(VENV)/.dev
 	PYTHON=$(PY) tools/gen_proto.sh
 
+# Worker counts to sweep (server --workers): 1 = one process, 2 = supervisor + 2 workers.
+BENCH_WORKERS ?= 1,2
 bench: $(VENV)/.dev
-	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY)
+	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY) --workers $(BENCH_WORKERS)
 
 SOAK_DURATION_S ?= 600
 soak: $(VENV)/.serve

@@ -1,12 +1,14 @@
 """``make bench``: throughput and latency of the server, beside bare ONNX Runtime.
 
     python -m server.bench --model-repository models [--url host:port] [--duration-s 4]
-                           [--concurrency 1,8,32,64] [--compare-spinning]
+                           [--concurrency 1,8,32,64] [--workers 1,2] [--compare-spinning]
 
 Starts a server itself (subprocess, OS-chosen port) unless ``--url`` is given, then a
 closed-loop load generator (grpc.aio, in its own process so it does not share the
 GIL with anything) sweeps the concurrency for each model, one input row per request.
-Mean batch sizes come from ModelStatistics deltas. In-process ONNX Runtime at fixed
+Mean batch sizes come from ModelStatistics deltas; server CPU per request from the
+CPU time of the server's processes (supervisor and workers) over each point. With
+``--workers 1,2`` the sweep runs once per worker count. In-process ONNX Runtime at fixed
 batch sizes gives the ceiling the server is measured against. Figures only: no pass
 or fail. Writes ``bench-results/bench.json`` and ``latency_vs_throughput.png``.
 """
@@ -211,8 +213,28 @@ def batch_counters(url: str, model: str) -> tuple[int, int]:
             sum(s.execution_count for s in stats.model_stats))
 
 
+def process_tree_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its live children (Linux /proc)."""
+    if pid is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, ValueError, IndexError):
+            continue
+        pending += [int(c) for c in children]
+    return total
+
+
 def sweep(url: str, models: list[str], levels: list[int], duration_s: float,
-          label: str) -> list[dict]:
+          label: str, server_pid: int | None = None) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     points = []
     total = len(models) * len(levels)
@@ -222,17 +244,23 @@ def sweep(url: str, models: list[str], levels: list[int], duration_s: float,
                 _say(f"[{label} {len(points) + 1}/{total}] {model} concurrency {concurrency} "
                      f"for {duration_s:g} s ...")
                 rows0, runs0 = batch_counters(url, model)
+                cpu0 = process_tree_cpu_s(server_pid)
                 load = worker.submit(run_load, url, model, concurrency, duration_s,
                                      min(1.0, duration_s / 4)).result()
+                cpu1 = process_tree_cpu_s(server_pid)
                 rows1, runs1 = batch_counters(url, model)
                 mean_batch = (rows1 - rows0) / max(1, runs1 - runs0)
+                # Over warm-up and measurement alike: CPU per request of both.
+                cpu_ms = (cpu1 - cpu0) * 1e3 / max(1, rows1 - rows0)
                 point = {"model": model, "concurrency": concurrency, "server": label,
                          "throughput_rps": load.requests / load.seconds,
                          "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
                          "mean_batch_size": mean_batch, "requests": load.requests,
+                         "server_cpu_ms_per_request": cpu_ms,
                          "errors": load.errors, "first_error": load.first_error}
                 _say(f"    {point['throughput_rps']:8.0f} req/s  p50 {load.p50_ms:7.2f} ms  "
-                     f"p99 {load.p99_ms:7.2f} ms  mean batch {mean_batch:5.1f}"
+                     f"p99 {load.p99_ms:7.2f} ms  mean batch {mean_batch:5.1f}  "
+                     f"server CPU {cpu_ms:5.3f} ms/req"
                      + (f"  {load.errors} errors, e.g. {load.first_error}" if load.errors
                         else ""))
                 points.append(point)
@@ -306,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ORT threads, for the server started here and in-process "
                              "(0 = ORT default)")
+    parser.add_argument("--workers", type=_levels, default=[1],
+                        help="server worker processes to sweep, e.g. 1,2 (--workers)")
     parser.add_argument("--compare-spinning", action="store_true",
                         help="sweep twice: server with --ort-spinning false, then true")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -326,15 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         points += sweep(args.url, models, args.concurrency, args.duration_s, "external")
     else:
-        for spinning in ([False, True] if args.compare_spinning else [False]):
-            label = f"spinning {'on' if spinning else 'off'}"
-            _say(f"starting the server ({label}) on {args.model_repository} ...")
-            server = BenchServer(args.model_repository, "--ort-spinning", str(spinning).lower(),
-                                 "--intra-op-threads", str(args.intra_op_threads))
-            try:
-                points += sweep(server.url, models, args.concurrency, args.duration_s, label)
-            finally:
-                server.stop()
+        for workers in args.workers:
+            for spinning in ([False, True] if args.compare_spinning else [False]):
+                label = f"w{workers} spin {'on' if spinning else 'off'}"
+                _say(f"starting the server ({label}) on {args.model_repository} ...")
+                server = BenchServer(args.model_repository, "--ort-spinning",
+                                     str(spinning).lower(), "--intra-op-threads",
+                                     str(args.intra_op_threads), "--workers", str(workers))
+                try:
+                    points += sweep(server.url, models, args.concurrency, args.duration_s,
+                                    label, server.proc.pid)
+                finally:
+                    server.stop()
     ort_points = ort_throughput(args.model_repository, models, args.batch_sizes,
                                 args.intra_op_threads)
     args.out.mkdir(parents=True, exist_ok=True)
