@@ -91,7 +91,9 @@ async def _stages(repository: Path, batch: int, seconds: float) -> list[tuple[st
           lambda: model.check_inputs({h.name: (h.datatype, h.shape) for h in headers}))
     stage("decode inputs (frombuffer)", lambda: convert.request_inputs(request, headers))
     inputs = convert.request_inputs(request, headers)
-    stage("model.prepare (checks again, Part)", lambda: model.prepare(inputs))
+    stage("model.prepare, unchecked caller (checks arrays)", lambda: model.prepare(inputs))
+    stage("model.prepare, checked by transport (Part only)",
+          lambda: model.prepare(inputs, True))
     part = model.prepare(inputs)[0]
 
     def pendings():
@@ -166,13 +168,17 @@ async def _end_to_end(model, wire: bytes, batch: int, seconds: float):
 
     for _ in range(20):
         await asyncio.gather(*(one() for _ in range(batch)))
-    count, wall0, cpu0 = 0, time.perf_counter(), time.thread_time()
-    while time.perf_counter() - wall0 < seconds:
-        await asyncio.gather(*(one() for _ in range(batch)))
-        count += batch
-    wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
-    return [(f"END TO END servicer, {batch} at once: loop-thread CPU per request", cpu / count * 1e6),
-            (f"END TO END servicer, {batch} at once: wall per request", wall / count * 1e6)]
+    best_cpu = best_wall = math.inf
+    for _ in range(3):  # the best of three rounds: least disturbed by other load
+        count, wall0, cpu0 = 0, time.perf_counter(), time.thread_time()
+        while time.perf_counter() - wall0 < seconds / 3:
+            await asyncio.gather(*(one() for _ in range(batch)))
+            count += batch
+        best_cpu = min(best_cpu, (time.thread_time() - cpu0) / count)
+        best_wall = min(best_wall, (time.perf_counter() - wall0) / count)
+    cpu, wall = best_cpu, best_wall
+    return [(f"END TO END servicer, {batch} at once: loop-thread CPU per request", cpu * 1e6),
+            (f"END TO END servicer, {batch} at once: wall per request", wall * 1e6)]
 
 
 def main(argv: list[str] | None = None) -> int:
