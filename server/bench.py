@@ -109,6 +109,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     first_error: str
+    answered: int = 0  # every answered call, warm-up included (for CPU per request)
 
 
 _REQUESTS: dict[str, list] = {}
@@ -130,12 +131,14 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
 
     latencies: list[float] = []
     errors: list[str] = []
+    answered = 0
     async with grpc.aio.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         measure_from = time.perf_counter() + warmup_s
         stop = measure_from + duration_s
 
         async def caller(index: int) -> None:
+            nonlocal answered
             while (sent := time.perf_counter()) < stop:
                 request = requests[index % len(requests)]
                 index += concurrency
@@ -145,6 +148,7 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
                     if sent >= measure_from:
                         errors.append(f"{exc.code().name}: {exc.details()}")
                     continue
+                answered += 1
                 if sent >= measure_from:
                     latencies.append(time.perf_counter() - sent)
 
@@ -152,7 +156,7 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
         seconds = max(time.perf_counter(), stop) - measure_from
     ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return Load(len(latencies), len(errors), seconds, float(np.percentile(ms, 50)),
-                float(np.percentile(ms, 99)), errors[0] if errors else "")
+                float(np.percentile(ms, 99)), errors[0] if errors else "", answered)
 
 
 # ---- the server -----------------------------------------------------------------------
@@ -207,8 +211,11 @@ def batch_counters(url: str, model: str) -> tuple[int, int]:
     from server.protocol import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(url) as channel:
-        stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            pb.ModelStatisticsRequest(name=model), timeout=10)
+        try:
+            stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(name=model), timeout=10)
+        except grpc.RpcError:  # a server without statistics (the do-nothing peer)
+            return 0, 0
     return (sum(s.inference_count for s in stats.model_stats),
             sum(s.execution_count for s in stats.model_stats))
 
@@ -251,7 +258,7 @@ def sweep(url: str, models: list[str], levels: list[int], duration_s: float,
                 rows1, runs1 = batch_counters(url, model)
                 mean_batch = (rows1 - rows0) / max(1, runs1 - runs0)
                 # Over warm-up and measurement alike: CPU per request of both.
-                cpu_ms = (cpu1 - cpu0) * 1e3 / max(1, rows1 - rows0)
+                cpu_ms = (cpu1 - cpu0) * 1e3 / max(1, load.answered)
                 point = {"model": model, "concurrency": concurrency, "server": label,
                          "throughput_rps": load.requests / load.seconds,
                          "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
@@ -334,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ORT threads, for the server started here and in-process "
                              "(0 = ORT default)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="with --url: the server's pid, for its CPU per request")
     parser.add_argument("--workers", type=_levels, default=[1],
                         help="server worker processes to sweep, e.g. 1,2 (--workers)")
     parser.add_argument("--compare-spinning", action="store_true",
@@ -354,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
              "competes with this benchmark; its figures will be low and noisy")
     points: list[dict] = []
     if args.url:
-        points += sweep(args.url, models, args.concurrency, args.duration_s, "external")
+        points += sweep(args.url, models, args.concurrency, args.duration_s, "external",
+                        args.server_pid)
     else:
         for workers in args.workers:
             for spinning in ([False, True] if args.compare_spinning else [False]):
