@@ -232,8 +232,7 @@ class ServerMetrics:
             entry = repository.entry(name)
             if entry is not None:
                 failures[name] = entry.load_failures
-        life = running.lifecycle
-        ready = life.accepting and not life.draining and repository.all_ready()
+        ready = running.lifecycle.ready(repository)
         return Snapshot(versions, readiness, failures, dict(self._unrouted), ready)
 
     def _histogram_copies(self, name: str, version: str) -> tuple:

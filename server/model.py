@@ -218,13 +218,20 @@ class ModelVersion:
             # Tokenizing time, for the text models that do any.
             preprocess_s = None if self.preprocessor is None else time.monotonic() - started
             futures: list[asyncio.Future] = []
+            done: list[Completed] = []
+            future = None
             try:
                 for part in parts:
                     futures.append(self.batcher.submit(part.feeds, part.rows, part.key,
                                                        deadline, self._queue_timeout_s))
-                done: list[Completed] = [await f for f in futures]
+                for future in futures:
+                    done.append(await future)
             except BaseException:
                 _abandon(futures)
+                # The error's traceback holds this frame; a future it reached from here
+                # would hold the error back: a cycle keeping this version and the
+                # request alive until the cyclic GC.
+                futures = future = None
                 raise
         except ServingError as exc:
             self.stats.record_failure(time.monotonic() - started, exc.reason)

@@ -73,7 +73,7 @@ class ClusterServicer(InferenceServicer):
         try:
             mine = statistics_response(self._repo, request.name, request.version)
         except ServingError as exc:
-            return self._fail(context, exc, pb.ModelStatisticsResponse())
+            return await self._fail(context, exc)
         answers = await self.peers.call("ModelStatistics", request,
                                         timeout_s=STATISTICS_TIMEOUT_S)
         responses = [mine]
@@ -95,7 +95,7 @@ class ClusterServicer(InferenceServicer):
             else:
                 await self._load_phase(phase, request.model_name, token_of(context))
         except ServingError as exc:
-            return self._fail(context, exc, pb.RepositoryModelLoadResponse())
+            return await self._fail(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
@@ -109,7 +109,7 @@ class ClusterServicer(InferenceServicer):
             else:
                 await self._repo.unload(request.model_name)
         except ServingError as exc:
-            return self._fail(context, exc, pb.RepositoryModelUnloadResponse())
+            return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
     async def _load_phase(self, phase: str, name: str, token: str) -> None:

@@ -22,6 +22,11 @@ from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.repository import ModelRepository
 from server.transport import convert
 from server.transport.handlers import Incoming
+
+try:  # what abort() raises when the call already ended in gRPC core
+    from grpc._cython.cygrpc import ExecuteBatchError as CallAlreadyEnded
+except ImportError:  # pragma: no cover - a grpcio without it: nothing to catch
+    CallAlreadyEnded = ()
 from server.transport.status import status_for
 from server.transport.statistics import statistics_response
 
@@ -76,6 +81,7 @@ class Lifecycle:
         """End every open stream once the requests it carries are answered."""
         for queue in self.streams:
             queue.put_nowait(STREAM_CLOSE)
+
     def ready(self, repository: ModelRepository) -> bool:
         """The one readiness rule: ServerReady and grpc.health both answer from it."""
         return self.accepting and not self.draining and repository.all_ready()
@@ -113,7 +119,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._repo.get(request.name, request.version)
         except ServingError as exc:
-            return self._fail(context, exc, pb.ModelMetadataResponse())
+            return await self._fail(context, exc)
         entry = self._repo.entry(model.name)
         spec = model.spec
         batch = [-1] if spec.max_batch_size else []
@@ -132,30 +138,36 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             model = self._repo.get(request.name, request.version)
         except ServingError as exc:
-            return self._fail(context, exc, pb.ModelConfigResponse())
+            return await self._fail(context, exc)
         return pb.ModelConfigResponse(config=model.spec.proto)
 
     async def ModelStatistics(self, request, context):
         try:
             return statistics_response(self._repo, request.name, request.version)
         except ServingError as exc:
-            return self._fail(context, exc, pb.ModelStatisticsResponse())
+            return await self._fail(context, exc)
 
     # ---- inference --------------------------------------------------------------------
     async def ModelInfer(self, incoming: Incoming, context):
         self._life.in_flight += 1
         try:
-            return await self._model_infer(incoming, context)
+            reply = await self._model_infer(incoming, context)
         finally:
             self._life.in_flight -= 1
             incoming.release()
+        if isinstance(reply, ServingError):
+            incoming.request = None  # see _fail: nothing large may stay reachable from here
+            del incoming
+            await self._fail(context, reply)
+        return reply
 
     async def _model_infer(self, incoming: Incoming, context):
+        """The response, or the ServingError to answer (returned, not raised: see _fail)."""
         started = time.monotonic()
         request = incoming.request
         if incoming.error is not None:  # refused or undecodable before parsing
             self._record(request, None, type(incoming.error).__name__, started, incoming.error)
-            return self._fail(context, incoming.error, pb.ModelInferResponse())
+            return incoming.error
         model = None
         try:
             self._life.check()
@@ -163,14 +175,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             response = await self._infer(model, request, context.time_remaining())
         except ServingError as exc:
             self._record(request, model, type(exc).__name__, started, exc)
-            return self._fail(context, exc, pb.ModelInferResponse())
+            return exc
         except Exception:
             log.exception("ModelInfer %s failed unexpectedly", request.model_name[:100])
-            exc = InternalError("internal error; see the server log")
+            error = InternalError("internal error; see the server log")
             if model is not None:
-                model.stats.record_failure(time.monotonic() - started, exc.reason)
-            self._record(request, model, "InternalError", started, exc)
-            return self._fail(context, exc, pb.ModelInferResponse())
+                model.stats.record_failure(time.monotonic() - started, error.reason)
+            self._record(request, model, "InternalError", started, error)
+            return error
         self._record(request, model, "OK", started, None)
         return response
 
@@ -223,13 +235,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 elif item is STREAM_END:
                     return
                 else:  # the ServingError that ends the stream
-                    self._fail(context, item, None)
-                    return
+                    break
         finally:
             self._life.streams.discard(responses)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
+        await self._fail(context, item)
 
     async def _read_stream(self, request_iterator, context, responses: asyncio.Queue,
                            tasks: set[asyncio.Task]) -> None:
@@ -293,7 +305,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._check_control(context, "load")
             await self._repo.load(request.model_name)
         except ServingError as exc:
-            return self._fail(context, exc, pb.RepositoryModelLoadResponse())
+            return await self._fail(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
@@ -301,7 +313,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self._check_control(context, "unload")
             await self._repo.unload(request.model_name)
         except ServingError as exc:
-            return self._fail(context, exc, pb.RepositoryModelUnloadResponse())
+            return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
     def _check_control(self, context, action: str) -> None:
@@ -316,17 +328,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 f"runs in {self._control!r} mode)")
 
     # ---- helpers ----------------------------------------------------------------------
-    @staticmethod
-    def _fail(context, exc: ServingError, reply):
-        """Answer ``exc``'s status and message.
+    async def _fail(self, context, exc: ServingError):
+        """End the call with ``exc``'s status and message (``context.abort`` raises).
 
-        The status is set rather than raised (``context.abort`` raises): a raised abort
-        keeps the request, its frames and its bytes alive in reference cycles until the
-        cyclic GC runs, so refused requests piled up gigabytes.
+        The raised AbortError lives in a reference cycle with the call's state until the
+        cyclic GC runs: callers abort from a frame that holds no request, and the error
+        drops its own traceback, so the cycle holds a few small objects, not request
+        bytes (refused 60 MiB requests once piled up to gigabytes this way).
         """
-        context.set_code(status_for(exc))
-        context.set_details(short_details(str(exc)))
-        return reply
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        try:
+            await context.abort(status_for(exc), short_details(str(exc)))
+        except CallAlreadyEnded:
+            # gRPC core ended the call first (its deadline passed, or the client left, just
+            # as we failed it): nobody is left to tell. End as a cancelled call, which grpc
+            # logs at debug level, rather than let grpc log a traceback at ERROR.
+            raise asyncio.CancelledError() from None
 
     def _record(self, request, model, outcome: str, started: float, exc) -> None:
         seconds = time.monotonic() - started

@@ -177,3 +177,35 @@ def test_a_raw_bytes_element_longer_than_its_data_is_refused(grpc_stub):
     with pytest.raises(grpc.RpcError) as info:
         grpc_stub.ModelInfer(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_request_failed_in_the_queue_leaves_no_reference_cycle(mnist_repo):
+    """Before: the error's traceback held ModelVersion.infer's frame, which held the
+    failed future, which held the error: the request and the version stayed alive
+    until the cyclic GC."""
+    import time
+
+    from server.errors import DeadlineExceededError
+
+    async def scenario():
+        async with _in_process(mnist_repo) as running:
+            model = running.repository.get("mnist")
+            inputs = {"image": np.zeros((1, 28, 28, 1), np.float32)}
+            await model.infer(inputs)  # warm
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(3):
+                    with pytest.raises(DeadlineExceededError):
+                        await model.infer(inputs, deadline=time.monotonic())
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                gc.collect()
+                found = [type(o).__name__ for o in gc.garbage
+                         if isinstance(o, (asyncio.Future, np.ndarray))]
+            finally:
+                gc.garbage.clear()
+                gc.set_debug(0)
+                gc.enable()
+            return found
+
+    assert asyncio.run(scenario()) == []
