@@ -143,11 +143,15 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
 
 
 async def start(running: RunningServer) -> None:
-    """Listen, load the models, then report ready (or say why not)."""
+    """Listen, load the models, then report ready (or say why not).
+
+    A worker among several (``--workers``) loads first and listens after: the kernel
+    gives connections on the shared port to every listening worker, and a restarted
+    worker must not take connections it cannot serve yet.
+    """
     config = running.config
-    await running.grpc_server.start()
-    log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
-             "TLS" if config.tls_cert_file else "plaintext")
+    if running.peers is None:
+        await _listen(running)
     restored = await workers.models_of_a_ready_peer(running)
     if restored is not None:  # a restarted worker: serve what the others serve
         names = restored
@@ -159,6 +163,8 @@ async def start(running: RunningServer) -> None:
         names = running.repository.discover()
     # A model that fails is logged and recorded; the others serve regardless.
     await running.repository.load_startup(names)
+    if running.peers is not None:
+        await _listen(running)
     running.lifecycle.accepting = True
     ready = running.lifecycle.ready(running.repository)
     await running.sync_health()
@@ -170,6 +176,13 @@ async def start(running: RunningServer) -> None:
     else:
         log.warning("server started but NOT ready: %s",
                     "; ".join(running.repository.not_ready_reasons()))
+
+
+async def _listen(running: RunningServer) -> None:
+    config = running.config
+    await running.grpc_server.start()
+    log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
+             "TLS" if config.tls_cert_file else "plaintext")
 
 
 async def drain_and_stop(running: RunningServer) -> None:

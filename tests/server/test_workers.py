@@ -205,7 +205,11 @@ def test_a_killed_worker_is_replaced(cluster):
         loader.join(120)
     assert metric(scrape(cluster.metrics_port), "onnxserve_worker_restarts_total") \
         == restarts + 1
-    # Only the killed worker's calls may fail; after the restart everything succeeds.
+    # Only the killed worker's calls may fail (at most one round of 8 x 5 calls: the
+    # next round's connections go to live workers, and a restarted worker listens only
+    # once its models are loaded); after the restart everything succeeds.
+    failed = [o for o in outcomes if o != grpc.StatusCode.OK]
+    assert len(failed) <= 40, (len(failed), set(failed))
     assert set(outcomes[after_restart + 40:]) == {grpc.StatusCode.OK}
     with grpc.insecure_channel(cluster.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
