@@ -5,7 +5,7 @@
 #   CPU (default):  docker build -t onnx-serve:cpu .
 #   GPU:            docker build -t onnx-serve:gpu --build-arg VARIANT=gpu \
 #                     --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
-#   Run:            docker run --rm -p 8001:8001 -p 8002:8002 --stop-timeout 40 onnx-serve:cpu
+#   Run:            docker run --rm -p 8001:8001 -p 8002:8002 -p 8000:8000 --stop-timeout 40 onnx-serve:cpu
 #
 # Networks behind a TLS-intercepting proxy: pass the CA bundle as a build secret (never
 # baked into a layer): --secret id=pipca,src=/etc/ssl/certs/ca-certificates.crt
@@ -123,12 +123,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVE_GRPC_PORT=8001 \
     SERVE_METRICS_HOST=0.0.0.0 \
     SERVE_METRICS_PORT=8002 \
+    SERVE_HTTP_HOST=0.0.0.0 \
+    SERVE_HTTP_PORT=8000 \
     SERVE_DRAIN_TIMEOUT_S=30
 
 # A numeric user, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
 WORKDIR /
-EXPOSE 8001 8002
+EXPOSE 8001 8002 8000
 
 # Healthy = grpc.health.v1 says SERVING (models loaded and warm, not draining).
 # Honoured by Docker and by podman with --format docker; Kubernetes uses its own probes.

@@ -7,6 +7,7 @@ DATA_DIR ?= ../shared/data
 MODEL_REPOSITORY ?= models
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+HTTP_PORT ?= 8000
 export DATA_DIR
 
 .PHONY: serve test train-export quick-train proto bench pathbench peer-compare soak abuse container-test clean
@@ -26,7 +27,7 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.serve
 
 serve: $(VENV)/.serve
-	$(PY) -m server --model-repository $(MODEL_REPOSITORY) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m server --model-repository $(MODEL_REPOSITORY) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --http-port $(HTTP_PORT)
 
 test: $(VENV)/.dev
 	$(PY) -m pytest
@@ -54,6 +55,11 @@ pathbench: $(VENV)/.serve
 # (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
 peer-compare: $(VENV)/.dev
 	$(PY) bench/peer_compare.py --null-server ../shared/peers/null_server.py --sentiment
+
+# REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
+.PHONY: bench-rest
+bench-rest: $(VENV)/.dev
+	$(PY) -m server.rest_bench --model-repository $(MODEL_REPOSITORY) --rounds 3
 
 SOAK_DURATION_S ?= 600
 soak: $(VENV)/.serve

@@ -123,7 +123,7 @@ def heavy_requests() -> dict[str, pb.ModelInferRequest]:
             "30 MB NFKC x18": _text_request(struct.pack("<I", len(nfkc)) + nfkc)}
 
 
-def scenario_memory(server: Server) -> bool:
+def scenario_memory(server: Server, count: int = 16) -> bool:
     baseline = server.rss_mib()
     request = mnist_request(np.zeros((1, 28, 28, 1), np.float32))
     request.raw_input_contents[0] = b"\0" * (60 * MIB)
@@ -131,7 +131,7 @@ def scenario_memory(server: Server) -> bool:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         codes: list[str] = []
         threads = [threading.Thread(target=lambda: codes.append(_call(stub, request)))
-                   for _ in range(16)]
+                   for _ in range(count)]
         for thread in threads:
             thread.start()
         peak = baseline
@@ -141,7 +141,7 @@ def scenario_memory(server: Server) -> bool:
     time.sleep(5)
     after = server.rss_mib()
     ok = after - baseline < 300
-    print(f"memory: 16 x 60 MiB refused ({sorted(set(codes))}); RSS baseline {baseline:.0f} "
+    print(f"memory: {count} x 60 MiB refused ({sorted(set(codes))}); RSS baseline {baseline:.0f} "
           f"MiB, peak {peak:.0f}, 5 s later {after:.0f} -> {'PASS' if ok else 'FAIL'}")
     return ok
 

@@ -166,6 +166,7 @@ class BenchServer:
     def __init__(self, repository: Path, *extra: str, timeout_s: float = 180.0):
         args = [sys.executable, "-m", "server", "--model-repository", str(repository),
                 "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-host", "127.0.0.1",
+                "--http-host", "127.0.0.1", "--http-port", "0",
                 "--metrics-port", "0",  # as deployed: metrics on
                 *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

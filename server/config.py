@@ -25,6 +25,10 @@ class ServerConfig:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8002  # 0 lets the OS pick a free port (logged at start)
     metrics_enabled: bool = True  # serve Prometheus /metrics on metrics_host:metrics_port
+    # KServe v2 REST and the web console (same TLS and repository API key as gRPC).
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000  # Triton's default; 0 lets the OS pick a free port (logged)
+    http_enabled: bool = True
     # ONNX Runtime threads per model. 0 lets ORT choose; on small machines a fixed
     # count that leaves the gRPC thread room is faster (measure with `make bench`).
     intra_op_threads: int = 0
@@ -74,6 +78,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         _check_port("grpc_port", self.grpc_port, allow_zero=True)
         _check_port("metrics_port", self.metrics_port, allow_zero=True)
+        _check_port("http_port", self.http_port, allow_zero=True)
         if self.intra_op_threads < 0:
             raise ValueError(f"intra_op_threads must be >= 0, got {self.intra_op_threads!r}")
         if self.drain_timeout_s < 0:
@@ -146,6 +151,9 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("metrics_host", str, "address the Prometheus /metrics endpoint binds"),
     ("metrics_port", int, "Prometheus port (0 picks a free one)"),
     ("metrics_enabled", _bool, "serve Prometheus /metrics (false switches it off)"),
+    ("http_host", str, "address the KServe v2 REST port (and web console) binds"),
+    ("http_port", int, "KServe v2 REST port (0 picks a free one)"),
+    ("http_enabled", _bool, "serve KServe v2 REST and the console (false switches it off)"),
     ("intra_op_threads", int, "ONNX Runtime intra-op threads per model (0 = ORT default)"),
     ("ort_spinning", _bool, "let ONNX Runtime pool threads busy-wait between runs"),
     ("use_gpu", _bool, "use the CUDA execution provider when available"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import weakref
 from bisect import bisect_left
 from collections import Counter as Tally
 from dataclasses import dataclass, field
@@ -121,6 +122,7 @@ class VersionSnapshot:
     load_seconds: float
     last_inference_ms: int
     histograms: tuple = ()
+    by_protocol: dict = field(default_factory=dict)  # (protocol, outcome) -> count, not gRPC
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class Snapshot:
     versions: list[VersionSnapshot] = field(default_factory=list)
     readiness: list[tuple[str, str, bool]] = field(default_factory=list)
     load_failures: dict[str, int] = field(default_factory=dict)
-    unrouted: dict[tuple[str, str], int] = field(default_factory=dict)
+    unrouted: dict[tuple[str, str, str], int] = field(default_factory=dict)
     server_ready: bool = False
 
 
@@ -141,7 +143,10 @@ class ServerMetrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self._histograms: dict[tuple[str, str], VersionHistograms] = {}  # event loop only
-        self._unrouted: Tally = Tally()  # (model label, reason) -> count; event loop only
+        self._unrouted: Tally = Tally()  # (model label, reason, protocol) -> count; loop only
+        # ModelVersion -> Tally of (protocol, outcome) for protocols other than gRPC, whose
+        # share is the rest of ModelStats' total. Keyed by the object: a reload starts anew.
+        self._by_protocol: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._running = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._http = None
@@ -171,15 +176,20 @@ class ServerMetrics:
             self._http = None
 
     # ---- hooks (event loop thread) -----------------------------------------------------
-    def observe(self, model_name: str, model, exc, seconds: float) -> None:
-        """The servicer's per-request observer: counts requests that reached no model.
+    def observe(self, model_name: str, model, exc, seconds: float,
+                protocol: str = "grpc") -> None:
+        """The transports' per-request observer: counts requests that reached no model,
+        and the requests of protocols other than gRPC by outcome.
 
         Requests that reached a model version are already in its ModelStats.
         """
+        if model is not None and protocol != "grpc":
+            outcome = "success" if exc is None else exc.reason
+            self._by_protocol.setdefault(model, Tally())[(protocol, outcome)] += 1
         if model is not None or exc is None:
             return
         known = self._running is not None and self._running.repository.entry(model_name)
-        self._unrouted[(model_name if known else NO_MODEL, exc.reason)] += 1
+        self._unrouted[(model_name if known else NO_MODEL, exc.reason, protocol)] += 1
 
     def _on_repository_event(self, event: str, name: str, version: str, seconds: float,
                              reason: str) -> None:
@@ -221,7 +231,8 @@ class ServerMetrics:
             executions=v.stats.execution_count, queue_depth=v.batcher.queue_depth,
             executing=v.batcher.executing, in_flight=v.stats.in_flight,
             load_seconds=v.load_seconds, last_inference_ms=v.stats.last_inference_ms,
-            histograms=self._histogram_copies(v.name, str(v.version)))
+            histograms=self._histogram_copies(v.name, str(v.version)),
+            by_protocol=dict(self._by_protocol.get(v, {})))
             for v in repository.loaded_versions()]
         # The models the repository knows, without rescanning its folder here: a scrape
         # must cost the event loop next to nothing.
@@ -256,7 +267,7 @@ class _ModelCollector:
         labels = list(_LABELS)
         requests = CounterMetricFamily(
             f"{PREFIX}_requests", "Inference requests by outcome: success or the failure "
-            "reason", labels=labels + ["outcome"])
+            "reason, and protocol (grpc or http)", labels=labels + ["outcome", "protocol"])
         inferences = CounterMetricFamily(
             f"{PREFIX}_inferences", "Rows (batch elements) inferred", labels=labels)
         executions = CounterMetricFamily(
@@ -284,9 +295,9 @@ class _ModelCollector:
             f"{PREFIX}_server_ready", "1 when every model serves and the server takes work")
         for v in snap.versions:
             key = [v.name, v.version]
-            requests.add_metric(key + ["success"], v.success)
-            for reason, count in sorted(v.failures.items()):
-                requests.add_metric(key + [reason], count)
+            for outcome, count in [("success", v.success), *sorted(v.failures.items())]:
+                for protocol, share in _protocol_shares(count, outcome, v.by_protocol):
+                    requests.add_metric(key + [outcome, protocol], share)
             inferences.add_metric(key, v.inferences)
             executions.add_metric(key, v.executions)
             queue.add_metric(key, v.queue_depth)
@@ -294,8 +305,8 @@ class _ModelCollector:
             in_flight.add_metric(key, v.in_flight)
             load.add_metric(key, v.load_seconds)
             last.add_metric(key, v.last_inference_ms / 1000)
-        for (model, reason), count in sorted(snap.unrouted.items()):
-            requests.add_metric([model, "", reason], count)
+        for (model, reason, protocol), count in sorted(snap.unrouted.items()):
+            requests.add_metric([model, "", reason, protocol], count)
         for name, version, is_ready in snap.readiness:
             ready.add_metric([name, version], 1 if is_ready else 0)
         for name, count in sorted(snap.load_failures.items()):
@@ -316,6 +327,12 @@ class _ModelCollector:
                                       histogram.sum)
             families.append(family)
         return families
+
+
+def _protocol_shares(total: int, outcome: str, by_protocol: dict) -> list[tuple[str, int]]:
+    """(protocol, count) of one outcome: other protocols as counted, gRPC the rest."""
+    others = sorted((p, n) for (p, o), n in by_protocol.items() if o == outcome)
+    return [("grpc", max(total - sum(n for _, n in others), 0)), *others]
 
 
 def _cumulative(histogram: LoopHistogram) -> list[tuple[str, int]]:

@@ -52,6 +52,7 @@ class Server:
     def __init__(self, repository: Path, extra: list[str]):
         args = [sys.executable, "-m", "server", "--model-repository", str(repository),
                 "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-host", "127.0.0.1",
+                "--http-host", "127.0.0.1", "--http-port", "0",
                 "--metrics-port", "0", "--model-control-mode", "explicit",
                 "--startup-models", "mnist,sentiment", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -114,6 +114,13 @@ class Supervisor:
                      self.config.grpc_host, self.port,
                      "TLS" if self.config.tls_cert_file else "plaintext", self.count)
             self._start_metrics()
+            if self.config.http_enabled:
+                # Hook for the REST transport: with workers it must bind its port with
+                # SO_REUSEPORT (reserved here like the gRPC port) and fan its statistics,
+                # readiness and repository calls out as ClusterServicer does for gRPC.
+                # Until then it is off, rather than a per-worker view of one server.
+                log.warning("the KServe v2 REST port is not served with --workers %d yet "
+                            "(gRPC only); use --workers 1 for REST", self.count)
             for worker in self.workers:
                 self._spawn(worker)
             self._loop()
@@ -178,6 +185,7 @@ class Supervisor:
         command = [sys.executable, "-m", "server", *self.argv,
                    "--grpc-port", str(self.port),
                    "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+                   "--http-enabled", "false",  # see run(): not wired for workers yet
                    "--intra-op-threads", str(threads_per_worker(self.config, self.count)),
                    "--workers", "1", "--worker-index", str(worker.index),
                    "--worker-dir", str(self.folder), "--worker-count", str(self.count)]

@@ -21,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:
 
 _GRPC_RE = re.compile(r"gRPC listening on \S+:(\d+)")
 _METRICS_RE = re.compile(r"metrics listening on http://\S+:(\d+)/metrics")
+_HTTP_RE = re.compile(r"HTTP listening on \S+:(\d+)")
 
 
 def data_dir() -> Path:
@@ -39,11 +40,13 @@ class ServerProcess:
         self.args = [sys.executable, "-m", "server", "--model-repository", str(repository),
                      "--grpc-host", "127.0.0.1", "--grpc-port", "0",
                      "--metrics-host", "127.0.0.1", "--metrics-port", "0",
+                     "--http-host", "127.0.0.1", "--http-port", "0",
                      "--intra-op-threads", "1", "--drain-timeout-s", "20", *extra_args]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: list[str] = []
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None  # KServe v2 REST
         self._ready = threading.Event()
         self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, env=full_env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -59,6 +62,8 @@ class ServerProcess:
                 self.grpc_port = int(m.group(1))
             if (m := _METRICS_RE.search(line)) and self.metrics_port is None:
                 self.metrics_port = int(m.group(1))
+            if (m := _HTTP_RE.search(line)) and self.http_port is None:
+                self.http_port = int(m.group(1))
             if "server ready" in line or "NOT ready" in line:
                 self._ready.set()
         self._ready.set()
@@ -76,6 +81,10 @@ class ServerProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def log(self) -> str:

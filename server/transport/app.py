@@ -231,6 +231,10 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.stop_event.set)
+    rest = None  # the KServe v2 REST port (server.transport.http)
+    if config.http_enabled:
+        from server.transport.http.server import start_rest
+        rest = await start_rest(running, metrics.observe if metrics else None)
     await start(running)
     pollers = []
     if config.model_control_mode == "poll" and config.worker_index <= 0:
@@ -243,6 +247,8 @@ async def serve(config: ServerConfig) -> None:
         poller.cancel()
     await asyncio.gather(*pollers, return_exceptions=True)
     await drain_and_stop(running)
+    if rest is not None:  # after the drain, which waited for REST requests (in_flight) too
+        await rest.stop()
     if metrics is not None:
         metrics.stop_http()
 

@@ -91,7 +91,8 @@ def test_probes_ports_and_scrape_annotations_agree(overlay):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     defaults = ServerConfig.__dataclass_fields__
     assert ports == {"grpc": defaults["grpc_port"].default,
-                     "metrics": defaults["metrics_port"].default}
+                     "metrics": defaults["metrics_port"].default,
+                     "http": defaults["http_port"].default}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
     annotations = template["metadata"]["annotations"]
@@ -99,7 +100,8 @@ def test_probes_ports_and_scrape_annotations_agree(overlay):
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
     assert annotations["prometheus.io/path"] == "/metrics"
     # The image's exposed ports and numeric user are what the manifests rely on.
-    assert dockerfile_instruction("EXPOSE") == [f"{ports['grpc']} {ports['metrics']}"]
+    assert dockerfile_instruction("EXPOSE") == [
+        f"{ports['grpc']} {ports['metrics']} {ports['http']}"]
     user, group = dockerfile_instruction("USER")[0].split(":")
     security = template["spec"]["securityContext"]
     assert security["runAsNonRoot"] is True

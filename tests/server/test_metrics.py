@@ -16,6 +16,7 @@ from server.metrics import LATENCY_BUCKETS, LoopHistogram
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
+from tests.server.loadkit import metric
 from tests.server.loadkit import scrape as scrape_port
 
 SECRET = "SECRET-PAYLOAD-7f3a9c"
@@ -42,7 +43,8 @@ def scrape(proc: ServerProcess) -> dict[tuple, float]:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    # Summed over the labels not named (onnxserve_requests_total also has a protocol).
+    return metric(samples, name, **labels)
 
 
 def mnist_request(rows: int, shape=None, model="mnist", version="") -> pb.ModelInferRequest:

@@ -26,10 +26,11 @@ def _run(models_dir, *args) -> subprocess.CompletedProcess:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("flag, other", [("--grpc-port", ("--metrics-port", "0")),
-                                         ("--metrics-port", ("--grpc-port", "0"))])
-def test_a_port_in_use_is_one_clear_line(models_dir, busy_port, flag, other):
-    result = _run(models_dir, flag, str(busy_port), *other)
+@pytest.mark.parametrize("flag", ["--grpc-port", "--metrics-port", "--http-port"])
+def test_a_port_in_use_is_one_clear_line(models_dir, busy_port, flag):
+    others = [arg for name in ("--grpc-port", "--metrics-port", "--http-port")
+              if name != flag for arg in (name, "0")]
+    result = _run(models_dir, "--http-host", "127.0.0.1", flag, str(busy_port), *others)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output, output
