@@ -10,7 +10,7 @@ METRICS_PORT ?= 8002
 HTTP_PORT ?= 8000
 export DATA_DIR
 
-.PHONY: serve test train-export quick-train proto bench soak abuse container-test clean
+.PHONY: serve test train-export quick-train proto bench pathbench peer-compare soak abuse container-test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,19 @@ quick-train: $(VENV)/.dev
 proto: $(VENV)/.dev
 	PYTHON=$(PY) tools/gen_proto.sh
 
+# Worker counts to sweep (server --workers): 1 = one process, 2 = supervisor + 2 workers.
+BENCH_WORKERS ?= 1,2
 bench: $(VENV)/.dev
-	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY)
+	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY) --workers $(BENCH_WORKERS)
+
+# The cost of each stage of one request, in-process (no network): where the CPU goes.
+pathbench: $(VENV)/.serve
+	$(PY) -m server.pathbench --model-repository $(MODEL_REPOSITORY)
+
+# Interleaved rounds against Triton and the do-nothing server of ../shared/peers
+# (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
+peer-compare: $(VENV)/.dev
+	$(PY) bench/peer_compare.py --null-server ../shared/peers/null_server.py --sentiment
 
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
 .PHONY: bench-rest

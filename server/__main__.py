@@ -17,6 +17,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m server: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, config.log_level)
+    from server.config import effective_workers
+    if config.worker_index < 0 and effective_workers(config) >= 2:
+        # Several serving processes: this one supervises and never imports gRPC or ORT.
+        from server.supervisor import supervise
+        return supervise(config, list(sys.argv[1:] if argv is None else argv))
+    if config.worker_index >= 0:
+        from server.supervisor import die_with_parent
+        die_with_parent()
     from server.transport.app import serve
 
     loop_factory = None

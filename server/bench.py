@@ -1,12 +1,14 @@
 """``make bench``: throughput and latency of the server, beside bare ONNX Runtime.
 
     python -m server.bench --model-repository models [--url host:port] [--duration-s 4]
-                           [--concurrency 1,8,32,64] [--compare-spinning]
+                           [--concurrency 1,8,32,64] [--workers 1,2] [--compare-spinning]
 
 Starts a server itself (subprocess, OS-chosen port) unless ``--url`` is given, then a
 closed-loop load generator (grpc.aio, in its own process so it does not share the
 GIL with anything) sweeps the concurrency for each model, one input row per request.
-Mean batch sizes come from ModelStatistics deltas. In-process ONNX Runtime at fixed
+Mean batch sizes come from ModelStatistics deltas; server CPU per request from the
+CPU time of the server's processes (supervisor and workers) over each point. With
+``--workers 1,2`` the sweep runs once per worker count. In-process ONNX Runtime at fixed
 batch sizes gives the ceiling the server is measured against. Figures only: no pass
 or fail. Writes ``bench-results/bench.json`` and ``latency_vs_throughput.png``.
 """
@@ -107,6 +109,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     first_error: str
+    answered: int = 0  # every answered call, warm-up included (for CPU per request)
 
 
 _REQUESTS: dict[str, list] = {}
@@ -128,12 +131,14 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
 
     latencies: list[float] = []
     errors: list[str] = []
+    answered = 0
     async with grpc.aio.insecure_channel(url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         measure_from = time.perf_counter() + warmup_s
         stop = measure_from + duration_s
 
         async def caller(index: int) -> None:
+            nonlocal answered
             while (sent := time.perf_counter()) < stop:
                 request = requests[index % len(requests)]
                 index += concurrency
@@ -143,6 +148,7 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
                     if sent >= measure_from:
                         errors.append(f"{exc.code().name}: {exc.details()}")
                     continue
+                answered += 1
                 if sent >= measure_from:
                     latencies.append(time.perf_counter() - sent)
 
@@ -150,7 +156,7 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
         seconds = max(time.perf_counter(), stop) - measure_from
     ms = np.array(latencies) * 1e3 if latencies else np.array([np.nan])
     return Load(len(latencies), len(errors), seconds, float(np.percentile(ms, 50)),
-                float(np.percentile(ms, 99)), errors[0] if errors else "")
+                float(np.percentile(ms, 99)), errors[0] if errors else "", answered)
 
 
 # ---- the server -----------------------------------------------------------------------
@@ -206,14 +212,37 @@ def batch_counters(url: str, model: str) -> tuple[int, int]:
     from server.protocol import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(url) as channel:
-        stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
-            pb.ModelStatisticsRequest(name=model), timeout=10)
+        try:
+            stats = pb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
+                pb.ModelStatisticsRequest(name=model), timeout=10)
+        except grpc.RpcError:  # a server without statistics (the do-nothing peer)
+            return 0, 0
     return (sum(s.inference_count for s in stats.model_stats),
             sum(s.execution_count for s in stats.model_stats))
 
 
+def process_tree_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its live children (Linux /proc)."""
+    if pid is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except (OSError, ValueError, IndexError):
+            continue
+        pending += [int(c) for c in children]
+    return total
+
+
 def sweep(url: str, models: list[str], levels: list[int], duration_s: float,
-          label: str) -> list[dict]:
+          label: str, server_pid: int | None = None) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     points = []
     total = len(models) * len(levels)
@@ -223,17 +252,23 @@ def sweep(url: str, models: list[str], levels: list[int], duration_s: float,
                 _say(f"[{label} {len(points) + 1}/{total}] {model} concurrency {concurrency} "
                      f"for {duration_s:g} s ...")
                 rows0, runs0 = batch_counters(url, model)
+                cpu0 = process_tree_cpu_s(server_pid)
                 load = worker.submit(run_load, url, model, concurrency, duration_s,
                                      min(1.0, duration_s / 4)).result()
+                cpu1 = process_tree_cpu_s(server_pid)
                 rows1, runs1 = batch_counters(url, model)
                 mean_batch = (rows1 - rows0) / max(1, runs1 - runs0)
+                # Over warm-up and measurement alike: CPU per request of both.
+                cpu_ms = (cpu1 - cpu0) * 1e3 / max(1, load.answered)
                 point = {"model": model, "concurrency": concurrency, "server": label,
                          "throughput_rps": load.requests / load.seconds,
                          "p50_ms": load.p50_ms, "p99_ms": load.p99_ms,
                          "mean_batch_size": mean_batch, "requests": load.requests,
+                         "server_cpu_ms_per_request": cpu_ms,
                          "errors": load.errors, "first_error": load.first_error}
                 _say(f"    {point['throughput_rps']:8.0f} req/s  p50 {load.p50_ms:7.2f} ms  "
-                     f"p99 {load.p99_ms:7.2f} ms  mean batch {mean_batch:5.1f}"
+                     f"p99 {load.p99_ms:7.2f} ms  mean batch {mean_batch:5.1f}  "
+                     f"server CPU {cpu_ms:5.3f} ms/req"
                      + (f"  {load.errors} errors, e.g. {load.first_error}" if load.errors
                         else ""))
                 points.append(point)
@@ -307,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--intra-op-threads", type=int, default=0,
                         help="ORT threads, for the server started here and in-process "
                              "(0 = ORT default)")
+    parser.add_argument("--server-pid", type=int, default=None,
+                        help="with --url: the server's pid, for its CPU per request")
+    parser.add_argument("--workers", type=_levels, default=[1],
+                        help="server worker processes to sweep, e.g. 1,2 (--workers)")
     parser.add_argument("--compare-spinning", action="store_true",
                         help="sweep twice: server with --ort-spinning false, then true")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -325,17 +364,21 @@ def main(argv: list[str] | None = None) -> int:
              "competes with this benchmark; its figures will be low and noisy")
     points: list[dict] = []
     if args.url:
-        points += sweep(args.url, models, args.concurrency, args.duration_s, "external")
+        points += sweep(args.url, models, args.concurrency, args.duration_s, "external",
+                        args.server_pid)
     else:
-        for spinning in ([False, True] if args.compare_spinning else [False]):
-            label = f"spinning {'on' if spinning else 'off'}"
-            _say(f"starting the server ({label}) on {args.model_repository} ...")
-            server = BenchServer(args.model_repository, "--ort-spinning", str(spinning).lower(),
-                                 "--intra-op-threads", str(args.intra_op_threads))
-            try:
-                points += sweep(server.url, models, args.concurrency, args.duration_s, label)
-            finally:
-                server.stop()
+        for workers in args.workers:
+            for spinning in ([False, True] if args.compare_spinning else [False]):
+                label = f"w{workers} spin {'on' if spinning else 'off'}"
+                _say(f"starting the server ({label}) on {args.model_repository} ...")
+                server = BenchServer(args.model_repository, "--ort-spinning",
+                                     str(spinning).lower(), "--intra-op-threads",
+                                     str(args.intra_op_threads), "--workers", str(workers))
+                try:
+                    points += sweep(server.url, models, args.concurrency, args.duration_s,
+                                    label, server.proc.pid)
+                finally:
+                    server.stop()
     ort_points = ort_throughput(args.model_repository, models, args.batch_sizes,
                                 args.intra_op_threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 def table(points: list[dict], ort_points: list[dict]) -> str:
     lines = [f"{'model':<10} {'server':<13} {'conc':>4} {'req/s':>8} {'p50 ms':>8} "
-             f"{'p99 ms':>8} {'batch':>6} {'errors':>6}"]
+             f"{'p99 ms':>8} {'batch':>6} {'errors':>6} {'CPU ms/req':>10}"]
     for p in points:
         lines.append(f"{p['model']:<10} {p['server']:<13} {p['concurrency']:>4} "
                      f"{p['throughput_rps']:>8.0f} {p['p50_ms']:>8.2f} {p['p99_ms']:>8.2f} "
-                     f"{p['mean_batch_size']:>6.1f} {p['errors']:>6}")
+                     f"{p['mean_batch_size']:>6.1f} {p['errors']:>6} "
+                     f"{p.get('server_cpu_ms_per_request', float('nan')):>10.3f}")
     lines += ["", f"{'model':<10} {'ORT batch':>9} {'rows/s':>9} {'ms/batch':>9}  inputs"]
     for o in ort_points:
         lines.append(f"{o['model']:<10} {o['batch_size']:>9} {o['rows_per_s']:>9.0f} "

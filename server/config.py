@@ -66,6 +66,14 @@ class ServerConfig:
     tls_client_ca_file: Path | None = None
     # Repository load/unload callers must send this header ("name:value"); empty = open.
     repository_api_key: str = ""
+    # Serving processes: 1 = this process serves (no supervisor); N >= 2 = a supervisor
+    # (server/supervisor.py) runs N workers on one SO_REUSEPORT port; 0 = one per CPU.
+    workers: int = 1
+    # Set by the supervisor on the command line of each worker it spawns (hidden flags):
+    # its index, the private runtime folder (peer sockets, ports, ready marks), and N.
+    worker_index: int = -1
+    worker_dir: Path | None = None
+    worker_count: int = 1
 
     def __post_init__(self) -> None:
         _check_port("grpc_port", self.grpc_port, allow_zero=True)
@@ -106,6 +114,11 @@ class ServerConfig:
         if self.repository_api_key and ":" not in self.repository_api_key:
             raise ValueError("repository_api_key must look like 'header-name:secret', got "
                              "a value without ':'")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers!r}")
+        if self.worker_index >= 0 and (self.worker_dir is None or self.worker_count < 2):
+            raise ValueError("--worker-index is set by the supervisor only (with --worker-dir "
+                             f"and --worker-count >= 2), got index {self.worker_index!r}")
         if not self.model_repository.is_dir():
             raise ValueError(f"model repository {str(self.model_repository)!r} is not a "
                              "directory: pass --model-repository or SERVE_MODEL_REPOSITORY")
@@ -165,7 +178,12 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("tls_key_file", Path, "PEM private key for --tls-cert-file"),
     ("tls_client_ca_file", Path, "PEM CA bundle: require client certificates (mutual TLS)"),
     ("repository_api_key", str, "'header:secret' that repository load/unload callers must send"),
+    ("workers", int, "serving processes on the one gRPC port: 1 = this process, N >= 2 = a "
+     "supervisor and N workers (SO_REUSEPORT), 0 = one per CPU"),
 )
+# Set by the supervisor for the workers it spawns; not shown in --help, no environment.
+_HIDDEN: tuple[tuple[str, object], ...] = (
+    ("worker_index", int), ("worker_dir", Path), ("worker_count", int))
 
 
 def _shown(value) -> str:
@@ -190,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
                             default=None, help=f"{help_text} (default: {default}; env "
                                                f"SERVE_{name.upper()})")
+    for name, kind in _HIDDEN:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                            help=argparse.SUPPRESS)
     return parser
 
 
@@ -204,7 +225,7 @@ def load_config(argv: Sequence[str] | None = None,
     for name, value in args.items():
         if name not in known:
             continue
-        if value is None:
+        if value is None and name in converters:
             env_value = environ.get("SERVE_" + name.upper())
             if env_value is None:
                 continue
@@ -212,5 +233,17 @@ def load_config(argv: Sequence[str] | None = None,
                 value = converters[name](env_value)
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise ValueError(f"SERVE_{name.upper()}={env_value!r}: {exc}") from None
+        if value is None:
+            continue
         values[name] = value
     return ServerConfig(**values)
+
+
+def effective_workers(config: ServerConfig) -> int:
+    """Worker processes to run: ``workers``, or one per usable CPU when it is 0."""
+    if config.workers:
+        return config.workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)

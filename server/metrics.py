@@ -163,11 +163,11 @@ class ServerMetrics:
         self._loop = asyncio.get_running_loop()
         running.repository.listeners.append(self._on_repository_event)
 
-    def start_http(self, host: str, port: int) -> int:
+    def start_http(self, host: str, port: int, what: str = "metrics") -> int:
         """Serve /metrics in a daemon thread; returns the bound port (0 = OS picks)."""
         self._http = metrics_http.start(host, port, self.registry)
         bound = self._http.server_address[1]
-        log.info("metrics listening on http://%s:%d/metrics", host, bound)
+        log.info("%s listening on http://%s:%d/metrics", what, host, bound)
         return bound
 
     def stop_http(self) -> None:

@@ -126,11 +126,50 @@ class ModelRepository:
         entry = self._entries.setdefault(name, ModelEntry(name))
         try:
             async with entry.lock:
-                await self._load_entry(entry, path)
+                self._commit_entry(entry, await self._prepare_entry(entry, path))
         finally:
             await self._changed()
 
-    async def _load_entry(self, entry: ModelEntry, path: Path) -> None:
+    # Two-phase load, for worker processes that must all switch or none (supervisor):
+    # prepare builds and warms the new versions aside; commit swaps them in; abort
+    # closes them. A prepared load nobody commits is aborted after ``timeout_s``, so a
+    # coordinator that died leaks no session.
+    async def prepare(self, name: str, timeout_s: float = 120.0) -> "PreparedLoad":
+        path = self._existing_model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        try:
+            async with entry.lock:
+                versions = await self._prepare_entry(entry, path)
+        except BaseException:
+            await self._changed()  # a failure is recorded: readiness may follow it
+            raise
+        handle = PreparedLoad(entry, versions)
+        handle.timer = asyncio.get_running_loop().call_later(timeout_s, self.abort, handle)
+        return handle
+
+    async def commit(self, handle: "PreparedLoad") -> None:
+        handle.cancel_timer()
+        if handle.versions is None:
+            raise RepositoryError(f"model {handle.entry.name!r}: the prepared load was "
+                                  "already aborted (it waited too long for its commit)")
+        versions, handle.versions = handle.versions, None
+        try:
+            async with handle.entry.lock:
+                self._commit_entry(handle.entry, versions)
+        finally:
+            await self._changed()
+
+    def abort(self, handle: "PreparedLoad") -> None:
+        handle.cancel_timer()
+        versions, handle.versions = handle.versions, None
+        if versions is None:
+            return
+        entry = handle.entry
+        if not entry.versions and entry.state == LOADING:
+            entry.state, entry.reason = UNAVAILABLE, "the load was aborted"
+        self._retire(versions.values())
+
+    async def _prepare_entry(self, entry: ModelEntry, path: Path) -> dict[int, ModelVersion]:
         name = entry.name
         started = time.monotonic()
         # Taken before reading the files: a change during the load is seen next poll.
@@ -139,7 +178,7 @@ class ModelRepository:
         if not entry.versions:
             entry.state, entry.reason = LOADING, "loading"
         try:
-            new_versions = await self._load_versions(name, path)
+            return await self._load_versions(name, path)
         except asyncio.CancelledError:
             if not entry.versions:  # never left LOADING behind
                 entry.state, entry.reason = UNAVAILABLE, "the load was cancelled"
@@ -150,6 +189,9 @@ class ModelRepository:
             if error is exc:
                 raise
             raise error from None
+
+    def _commit_entry(self, entry: ModelEntry, new_versions: dict[int, ModelVersion]) -> None:
+        name = entry.name
         old = entry.versions
         entry.versions = new_versions  # the atomic switch
         entry.state, entry.reason = READY, ""
@@ -249,12 +291,17 @@ class ModelRepository:
         version.load_seconds = time.monotonic() - started  # warm-up included
         return version
 
-    async def unload(self, name: str) -> None:
-        """Stop serving ``name``; also clears a failed model's claim on readiness."""
+    def check_unload(self, name: str) -> ModelEntry:
+        """What unload would refuse (a bad or unknown name), without unloading."""
         self.model_dir(name)  # the same name checks as load
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
+        return entry
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``; also clears a failed model's claim on readiness."""
+        entry = self.check_unload(name)
         try:
             async with entry.lock:
                 old = entry.versions
@@ -291,25 +338,28 @@ class ModelRepository:
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
 
-    async def poll(self) -> None:
+    async def poll(self, load=None, unload=None) -> None:
         """One repository scan: load new or changed models, unload removed ones.
 
         A model whose files did not change since its last attempt is left alone, so a
-        broken model is not retried (and logged) on every scan.
+        broken model is not retried (and logged) on every scan. ``load``/``unload``
+        replace this repository's own (worker processes: fanned out to every worker).
         """
+        load = load or self.load
+        unload = unload or self.unload
         present = set(self.discover())
         for name in sorted(present):
             entry = self._entries.get(name)
             if entry is not None and entry.fingerprint == self.fingerprint(name):
                 continue
             try:
-                await self.load(name)
+                await load(name)
             except ServingError:
                 pass  # logged and recorded by load()
         for name, entry in list(self._entries.items()):
             if name not in present and (entry.versions or entry.wanted):
                 log.info("model %s left the repository; unloading", name)
-                await self.unload(name)
+                await unload(name)
 
     def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
         for listener in self.listeners:
@@ -382,6 +432,20 @@ class ModelRepository:
                 reason = entry.reason if entry else "not loaded"
                 rows.append(IndexRow(name, "", state, reason))
         return rows
+
+
+class PreparedLoad:
+    """New versions of one model built and warmed aside, waiting for commit or abort."""
+
+    def __init__(self, entry: ModelEntry, versions: dict[int, ModelVersion]):
+        self.entry = entry
+        self.versions: dict[int, ModelVersion] | None = versions
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 def _load_error(where: str, exc: Exception) -> ModelLoadError:

@@ -24,7 +24,7 @@ from server.memory import HeapTrimmer
 from server.protocol import grpc_service_pb2 as pb
 from server.repository import ModelRepository
 from server.runtime import RuntimeOptions
-from server.transport import handlers
+from server.transport import handlers, workers
 from server.transport.servicer import InferenceServicer, Lifecycle
 
 log = logging.getLogger("server")
@@ -44,6 +44,8 @@ class RunningServer:
     grpc_port: int
     stop_event: asyncio.Event
     request_budget: ByteBudget
+    # The other worker processes (``--workers N``); None when this process serves alone.
+    peers: object = None
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def set_serving(self, serving: bool) -> None:
@@ -58,7 +60,10 @@ class RunningServer:
         Serialised so that concurrent loads cannot leave an older answer last.
         """
         async with self._health_lock:
-            await self.set_serving(self.lifecycle.ready(self.repository))
+            ready = self.lifecycle.ready(self.repository)
+            if ready and self.peers is not None:  # one server: every worker ready
+                ready = await self.peers.all_ready()
+            await self.set_serving(ready)
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -69,7 +74,9 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Worker processes share the public port (the kernel spreads connections);
+        # a lone server must fail loudly when the port is taken instead.
+        ("grpc.so_reuseport", 1 if config.worker_index >= 0 else 0),
         ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
         ("grpc.max_connection_idle_ms", ms(config.grpc_max_connection_idle_s)),
         ("grpc.max_connection_age_ms", ms(config.grpc_max_connection_age_s)),
@@ -98,10 +105,14 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
                                  require_models=config.model_control_mode != "explicit")
     lifecycle = Lifecycle()
     server = grpc.aio.server(options=grpc_options(config))
-    servicer = InferenceServicer(repository, lifecycle,
-                                 model_control_mode=config.model_control_mode,
-                                 repository_api_key=config.repository_api_key,
-                                 access_log_enabled=config.access_log, observer=observer)
+    peers = workers.peers(config)
+    servicer_class, extra = ((InferenceServicer, {}) if peers is None
+                             else (workers.ClusterServicer, {"peers": peers}))
+    servicer = servicer_class(repository, lifecycle,
+                              model_control_mode=config.model_control_mode,
+                              repository_api_key=config.repository_api_key,
+                              access_log_enabled=config.access_log, observer=observer,
+                              **extra)
     budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
     handlers.add_to_server(servicer, server, budget)
     health_servicer = health.aio.HealthServicer()
@@ -119,20 +130,32 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
         raise StartupError(f"cannot listen for gRPC on {address}: the port is in use or the "
                            "address is not this machine's; pick another with --grpc-port "
                            "(0 = any free port) or --grpc-host") from None
+    # Hook for other transports (HTTP/REST): with workers they must bind their public
+    # port with SO_REUSEPORT too (config.worker_index >= 0), as the gRPC port above.
+    if peers is not None:
+        peers.servicer = servicer  # the poller fans its loads out through it
+        workers.add_private_port(server, config)
     running = RunningServer(config, repository, lifecycle, server, health_servicer, port,
-                            asyncio.Event(), budget)
+                            asyncio.Event(), budget, peers)
     await running.set_serving(False)
     repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
 
 
 async def start(running: RunningServer) -> None:
-    """Listen, load the models, then report ready (or say why not)."""
+    """Listen, load the models, then report ready (or say why not).
+
+    A worker among several (``--workers``) loads first and listens after: the kernel
+    gives connections on the shared port to every listening worker, and a restarted
+    worker must not take connections it cannot serve yet.
+    """
     config = running.config
-    await running.grpc_server.start()
-    log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
-             "TLS" if config.tls_cert_file else "plaintext")
-    if config.model_control_mode == "explicit" and config.startup_models:
+    if running.peers is None:
+        await _listen(running)
+    restored = await workers.models_of_a_ready_peer(running)
+    if restored is not None:  # a restarted worker: serve what the others serve
+        names = restored
+    elif config.model_control_mode == "explicit" and config.startup_models:
         names = list(config.startup_models)
     elif config.model_control_mode == "explicit":
         names = []
@@ -140,15 +163,26 @@ async def start(running: RunningServer) -> None:
         names = running.repository.discover()
     # A model that fails is logged and recorded; the others serve regardless.
     await running.repository.load_startup(names)
+    if running.peers is not None:
+        await _listen(running)
     running.lifecycle.accepting = True
     ready = running.lifecycle.ready(running.repository)
     await running.sync_health()
-    if ready:
+    if running.peers is not None:  # the supervisor says "server ready" once all are
+        workers.report_started(running, ready)
+    elif ready:
         log.info("server ready: %d model version(s) loaded",
                  len(running.repository.loaded_versions()))
     else:
         log.warning("server started but NOT ready: %s",
                     "; ".join(running.repository.not_ready_reasons()))
+
+
+async def _listen(running: RunningServer) -> None:
+    config = running.config
+    await running.grpc_server.start()
+    log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
+             "TLS" if config.tls_cert_file else "plaintext")
 
 
 async def drain_and_stop(running: RunningServer) -> None:
@@ -166,6 +200,8 @@ async def drain_and_stop(running: RunningServer) -> None:
     running.lifecycle.close_streams()
     await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
+    if running.peers is not None:
+        await running.peers.close()
     log.info("stopped")
 
 
@@ -182,7 +218,11 @@ async def serve(config: ServerConfig) -> None:
         # answers (server_ready 0) while they warm up.
         metrics.attach(running)
         try:
-            metrics.start_http(config.metrics_host, config.metrics_port)
+            if config.worker_index >= 0:  # private: the supervisor scrapes and sums
+                workers.publish_metrics_port(
+                    config, metrics.start_http("127.0.0.1", 0, "private worker metrics"))
+            else:
+                metrics.start_http(config.metrics_host, config.metrics_port)
         except OSError as exc:
             raise StartupError(f"cannot serve /metrics on {config.metrics_host}:"
                                f"{config.metrics_port}: {exc.strerror or exc}; pick another "
@@ -196,13 +236,16 @@ async def serve(config: ServerConfig) -> None:
         from server.transport.http.server import start_rest
         rest = await start_rest(running, metrics.observe if metrics else None)
     await start(running)
-    poller = None
-    if config.model_control_mode == "poll":
-        poller = loop.create_task(_poll_forever(running))
+    pollers = []
+    if config.model_control_mode == "poll" and config.worker_index <= 0:
+        # With workers only worker 0 scans, and loads/unloads on every worker.
+        pollers.append(loop.create_task(_poll_forever(running)))
+    if running.peers is not None:  # health follows the peers' readiness too
+        pollers.append(loop.create_task(workers.refresh_health_forever(running)))
     await running.stop_event.wait()
-    if poller is not None:
+    for poller in pollers:
         poller.cancel()
-        await asyncio.gather(poller, return_exceptions=True)
+    await asyncio.gather(*pollers, return_exceptions=True)
     await drain_and_stop(running)
     if rest is not None:  # after the drain, which waited for REST requests (in_flight) too
         await rest.stop()
@@ -229,7 +272,12 @@ async def _poll_forever(running: RunningServer) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await running.repository.poll()
+            if running.peers is None:
+                await running.repository.poll()
+            else:
+                servicer = running.peers.servicer
+                await running.repository.poll(servicer.load_everywhere,
+                                              servicer.unload_everywhere)
         except Exception:  # a scan must never take the server down
             log.exception("repository poll failed")
         await running.sync_health()

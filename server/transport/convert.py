@@ -9,7 +9,7 @@ INVALID_ARGUMENT instead of a huge allocation or a crash.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -56,8 +56,7 @@ def element_count(name: str, shape) -> int:
     return count
 
 
-@dataclass(frozen=True, slots=True)
-class InputHeader:
+class InputHeader(NamedTuple):  # a tuple: built per input per request, so cheap
     """What a request says of one input before any of its data is decoded."""
 
     name: str
@@ -84,20 +83,26 @@ def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
         if name in seen:
             raise InvalidInputError(f"input {name!r} appears more than once")
         seen.add(name)
-        if tensor.datatype not in V2_TO_NUMPY:
-            raise InvalidInputError(f"input {name!r}: unknown datatype {tensor.datatype!r}; "
+        datatype = tensor.datatype
+        if datatype not in V2_TO_NUMPY:
+            raise InvalidInputError(f"input {name!r}: unknown datatype {datatype!r}; "
                                     f"expected one of {sorted(V2_TO_NUMPY)}")
         shape = tuple(tensor.shape)
-        headers.append(InputHeader(name, tensor.datatype, shape, element_count(name, shape)))
+        headers.append(InputHeader(name, datatype, shape, element_count(name, shape)))
     return headers
 
 
 def decode_is_heavy(request: pb.ModelInferRequest, headers: list[InputHeader]) -> bool:
     """Whether decoding loops over many elements in Python (BYTES, typed contents):
     such a request is decoded off the event loop."""
-    raw = bool(request.raw_input_contents)
-    return any(h.count > HEAVY_ELEMENTS and (h.datatype == "BYTES" or not raw)
-               for h in headers)
+    raw = None
+    for header in headers:
+        if header.count > HEAVY_ELEMENTS:
+            if raw is None:
+                raw = bool(request.raw_input_contents)
+            if header.datatype == "BYTES" or not raw:
+                return True
+    return False
 
 
 def request_inputs(request: pb.ModelInferRequest,
@@ -107,14 +112,14 @@ def request_inputs(request: pb.ModelInferRequest,
         headers = input_headers(request)
     raw = request.raw_input_contents
     arrays: dict[str, np.ndarray] = {}
-    for index, (tensor, header) in enumerate(zip(request.inputs, headers)):
-        dtype = V2_TO_NUMPY[header.datatype]
-        if raw:
-            arrays[header.name] = _from_raw(header.name, header.datatype, dtype, header.shape,
-                                            header.count, raw[index])
-        else:
-            arrays[header.name] = _from_contents(header.name, tensor, dtype, header.shape,
-                                                 header.count)
+    if raw:  # the usual form (tritonclient, perf_analyzer): no need for request.inputs
+        for header, data in zip(headers, raw):
+            name, datatype, shape, count = header
+            arrays[name] = _from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
+        return arrays
+    for tensor, header in zip(request.inputs, headers):
+        arrays[header.name] = _from_contents(header.name, tensor, V2_TO_NUMPY[header.datatype],
+                                             header.shape, header.count)
     return arrays
 
 
@@ -199,17 +204,33 @@ def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return tuple(o.name for o in request.outputs)
 
 
+# Response headers (model, version, output names, datatypes, shapes) recur request
+# after request: each is built once and copied (one C call) instead of field by field.
+_TEMPLATES: dict[tuple, pb.ModelInferResponse] = {}
+_MAX_TEMPLATES = 4096
+
+
 def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
                    outputs: dict[str, np.ndarray],
                    datatypes: dict[str, str]) -> pb.ModelInferResponse:
     """Always answer in raw_output_contents: tritonclient and perf_analyzer read only that."""
-    response = pb.ModelInferResponse(model_name=model_name, model_version=str(version),
-                                     id=request.id)
+    key = (model_name, version, *[(name, datatypes[name], value.shape)
+                                  for name, value in outputs.items()])
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = pb.ModelInferResponse(model_name=model_name, model_version=str(version))
+        for name, datatype, shape in key[2:]:
+            template.outputs.add(name=name, datatype=datatype, shape=shape)
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:  # many shapes (e.g. variable lengths)
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    response = pb.ModelInferResponse()
+    response.CopyFrom(template)
+    response.id = request.id
+    raw = response.raw_output_contents
     for name, value in outputs.items():
-        datatype = datatypes[name]
-        response.outputs.add(name=name, datatype=datatype, shape=value.shape)
-        if datatype == "BYTES":
-            response.raw_output_contents.append(encode_bytes(value))
+        if datatypes[name] == "BYTES":
+            raw.append(encode_bytes(value))
         else:
-            response.raw_output_contents.append(np.ascontiguousarray(value).tobytes())
+            raw.append(np.ascontiguousarray(value).tobytes())
     return response

@@ -201,7 +201,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:
             model.stats.record_failure(0.0, exc.reason)
             raise
-        outputs = await model.infer(inputs, convert.requested_outputs(request), deadline)
+        # checked: the header passed check_inputs and the arrays were decoded to it.
+        outputs = await model.infer(inputs, convert.requested_outputs(request), deadline,
+                                    checked=True)
         return convert.infer_response(request, model.name, model.version, outputs,
                                       model.output_datatypes)
 
