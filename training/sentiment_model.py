@@ -250,10 +250,15 @@ def prepare(data, params: SentimentParams, seed: int):
     params.vocab_size = len(tokenizer.vocabulary)  # may be smaller on tiny subsets
     polarity = sentiment_data.opinion_words(fit_texts, fit_labels, min_count=max(3, len(fit_texts) // 750))
     vocabulary = set(tokenizer.vocabulary)
-    short = {name: sentiment_data.short_examples(
-        texts, labels, polarity, vocabulary, seed + offset, params.chunks_per_review, params.negated_fraction,
-        params.contrast_fraction, params.neutral_fraction)
-        for name, texts, labels, offset in (("fit", fit_texts, fit_labels, 2), ("val", val_texts, val_labels, 3))}
+    # The validation short examples use the default recipe whatever the fit recipe, so that
+    # variants (even one without short fit examples) are compared on the same examples.
+    defaults = SentimentParams()
+    short = {"fit": sentiment_data.short_examples(
+                 fit_texts, fit_labels, polarity, vocabulary, seed + 2, params.chunks_per_review,
+                 params.negated_fraction, params.contrast_fraction, params.neutral_fraction),
+             "val": sentiment_data.short_examples(
+                 val_texts, val_labels, polarity, vocabulary, seed + 3, defaults.chunks_per_review,
+                 defaults.negated_fraction, defaults.contrast_fraction, defaults.neutral_fraction)}
     short_fit = short["fit"] if params.chunks_per_review else ([], np.zeros(0, np.float32), [])
     sets = {
         "fit": encode_by_bucket(tokenizer, fit_texts + short_fit[0],

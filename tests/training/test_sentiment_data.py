@@ -112,3 +112,11 @@ def test_probe_set_is_large_balanced_and_covers_negation_and_contrast():
     assert all(n >= 10 for c, n in counts.items() if c != "short")
     for required in ("Not bad.", "This is not a good movie.", "I did not hate it."):
         assert required in texts
+
+
+def test_release_gates_match_issue_12():
+    from training import pipeline, quantize, sentiment_pipeline
+
+    assert pipeline.TARGETS == {"mnist": 0.994, "sentiment": 0.900}
+    assert sentiment_pipeline.GATES["probe_accuracy"] == 0.90 and sentiment_pipeline.GATES["test_ece"] == 0.03
+    assert quantize.MAX_ACCURACY_DROP == 0.005
