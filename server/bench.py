@@ -34,6 +34,18 @@ from pathlib import Path
 import numpy as np
 
 MODELS = ("mnist", "sentiment")
+# INT8 variants written by `make train-export`: benchmarked beside FP32 when the repository has them.
+INT8_MODELS = ("mnist_int8", "sentiment_int8")
+
+
+def is_image_model(model: str) -> bool:
+    """mnist and its variants (mnist_int8) take images; the others take text."""
+    return model.split("_")[0] == "mnist"
+
+
+def default_models(repository: Path) -> str:
+    present = [m for m in INT8_MODELS if (repository / m / "config.pbtxt").is_file()]
+    return ",".join([*MODELS, *present])
 SAMPLES = 256  # distinct inputs cycled through per model
 _GRPC_RE = re.compile(r"gRPC listening on \S+:(\d+)")
 
@@ -85,7 +97,7 @@ def build_requests(model: str) -> list:
     from server.protocol import grpc_service_pb2 as pb
 
     out = []
-    if model == "mnist":
+    if is_image_model(model):
         for image in mnist_images()[0]:
             request = pb.ModelInferRequest(model_name=model)
             request.inputs.add(name="image", datatype="FP32", shape=[1, 28, 28, 1])
@@ -293,7 +305,7 @@ def ort_throughput(repository: Path, models: list[str], sizes: list[int], thread
         session = ort.InferenceSession(str(version_dir / "model.onnx"), options,
                                        providers=["CPUExecutionProvider"])
         feed_name = session.get_inputs()[0].name
-        if model == "mnist":
+        if is_image_model(model):
             pool, note = mnist_images()[0], "MNIST images"
         else:
             tokenizer = Tokenizer.from_directory(version_dir)
@@ -333,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-repository", type=Path, default=Path("models"))
     parser.add_argument("--url", default="",
                         help="benchmark this running server instead of starting one")
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default="",
+                        help="comma-separated (default: mnist, sentiment and their INT8 variants when present)")
     parser.add_argument("--concurrency", type=_levels, default=[1, 8, 32, 64])
     parser.add_argument("--batch-sizes", type=_levels, default=[1, 8, 32, 64],
                         help="in-process ONNX Runtime batch sizes")
@@ -356,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from server.bench_plot import plot, table
 
-    models = [m for m in args.models.split(",") if m]
+    models = [m for m in (args.models or default_models(args.model_repository)).split(",") if m]
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     if load_before > (os.cpu_count() or 1):

@@ -18,14 +18,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 epoch, no accuracy gates (also QUICK=1)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     p.add_argument("--sentiment-architecture", default="bilstm_bigram", choices=("bilstm_bigram", "bilstm", "cnn", "bigram_bag"),
-                   help="sentiment model body (default: bigram_bag)")
+                   help="sentiment model body (default: bilstm_bigram)")
     p.add_argument("--epochs-mnist", type=int, default=None, help="override the MNIST epoch count")
     p.add_argument("--epochs-sentiment", type=int, default=None, help="override the sentiment epoch count")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training import datasets, export, pipeline
+    from training import datasets, export, pipeline, quantize
 
     args = _parser().parse_args(argv)
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline.run(opts)
     except (datasets.DatasetError, datasets.DatasetNotFoundError, export.ParityError,
-            pipeline.AccuracyTargetError) as exc:
+            pipeline.AccuracyTargetError, quantize.QuantizationError) as exc:
         print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     return 0

@@ -25,6 +25,10 @@ IMDB_SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
 _MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # aclImdb/<split>/<pos|neg>/<id>_<rating>.txt; train/unsup is deliberately not matched.
 _IMDB_MEMBER_RE = re.compile(r"(?:^|/)aclImdb/(train|test)/(pos|neg)/[^/]+\.txt$")
+# aclImdb/<split>/urls_<pos|neg>.txt: line i is the IMDb page of the film reviewed in <split>/<label>/i_*.txt.
+_IMDB_URLS_RE = re.compile(r"(?:^|/)aclImdb/(train|test)/urls_(pos|neg)\.txt$")
+_REVIEW_ID_RE = re.compile(r"/(\d+)_\d+\.txt$")
+_MOVIE_RE = re.compile(r"/title/(tt\d+)")
 _FIX_HINT = "set the DATA_DIR environment variable or pass --data-dir to the folder holding the data sets"
 
 
@@ -92,6 +96,18 @@ def load_imdb(data_dir: str | None = None):
         str (25000 each, raw, HTML ``<br />`` included), labels int32 arrays (25000,)
         with 1 = positive, 0 = negative; each split sorted by member path.
     """
+    return load_imdb_with_movies(data_dir)[:4]
+
+
+def load_imdb_with_movies(data_dir: str | None = None):
+    """:func:`load_imdb` plus the film each review is about.
+
+    Returns:
+        ``(train_texts, train_labels, test_texts, test_labels, train_movies, test_movies)``;
+        the movie lists hold IMDb title ids ("tt0453418") aligned with the texts, read
+        from ``urls_{pos,neg}.txt``. Reviews of one film share words (names, plot), so a
+        validation split must keep each film on one side (see ``sentiment_data``).
+    """
     data_dir = resolve_data_dir(data_dir)
     if data_dir and os.path.isdir(os.path.join(data_dir, IMDB_DIR)):
         return _read_imdb_folder(os.path.join(data_dir, IMDB_DIR))
@@ -111,34 +127,56 @@ def load_imdb(data_dir: str | None = None):
     return _read_imdb_tarball(path)
 
 
-def _split(records: list[tuple[str, str, str, str]], source: str):
-    """(split, label, path, text) records -> the four return values, sorted by path."""
-    out = []
+def _movie(urls: dict, split: str, label: str, path: str) -> str:
+    """IMDb title id of the film a review is about ("" when the URL lists are absent)."""
+    lines = urls.get((split, label))
+    if lines is None:
+        return ""
+    review_id = int(_REVIEW_ID_RE.search(path).group(1))
+    if review_id >= len(lines):
+        raise DatasetError(f"{path}: review id {review_id} has no line in {split}/urls_{label}.txt")
+    match = _MOVIE_RE.search(lines[review_id])
+    return match.group(1) if match else lines[review_id].strip()
+
+
+def _split(records: list[tuple[str, str, str, str]], source: str, urls: dict | None = None):
+    """(split, label, path, text) records -> the six return values, sorted by path."""
+    texts_labels, movies = [], []
     for split in ("train", "test"):
         rows = sorted((path, label, text) for s, label, path, text in records if s == split)
         if not rows:
             raise DatasetError(f"{source}: no {split}/pos or {split}/neg reviews found")
-        out.append([text for _, _, text in rows])
-        out.append(np.array([1 if label == "pos" else 0 for _, label, _ in rows], dtype=np.int32))
-    return tuple(out)
+        texts_labels.append([text for _, _, text in rows])
+        texts_labels.append(np.array([1 if label == "pos" else 0 for _, label, _ in rows], dtype=np.int32))
+        movies.append([_movie(urls or {}, split, label, path) for path, label, _ in rows])
+    return (*texts_labels, *movies)
 
 
 def _read_imdb_folder(root: str):
-    records = []
+    records, urls = [], {}
     for split in ("train", "test"):
         for label in ("pos", "neg"):
             for path in glob.glob(os.path.join(glob.escape(root), split, label, "*.txt")):
                 with open(path, encoding="utf-8") as f:
                     records.append((split, label, os.path.relpath(path, root).replace(os.sep, "/"), f.read()))
-    return _split(records, root)
+            url_file = os.path.join(root, split, f"urls_{label}.txt")
+            if os.path.isfile(url_file):
+                with open(url_file, encoding="utf-8") as f:
+                    urls[(split, label)] = f.read().splitlines()
+    return _split(records, root, urls)
 
 
 def _read_imdb_tarball(path: str):
-    records = []
+    records, urls = [], {}
     try:
         # "r|gz" streams the archive once, without random access or extraction.
         with tarfile.open(path, "r|gz") as tar:
             for member in tar:
+                url_match = _IMDB_URLS_RE.search(member.name)
+                if url_match and member.isfile():
+                    lines = tar.extractfile(member).read().decode("utf-8").splitlines()
+                    urls[(url_match.group(1), url_match.group(2))] = lines
+                    continue
                 match = _IMDB_MEMBER_RE.search(member.name)
                 if not match or not member.isfile():
                     continue
@@ -146,4 +184,4 @@ def _read_imdb_tarball(path: str):
                 records.append((match.group(1), match.group(2), member.name, text))
     except (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         raise DatasetError(f"cannot read {path} (truncated or corrupt tarball?): {type(exc).__name__}: {exc}") from exc
-    return _split(records, path)
+    return _split(records, path, urls)

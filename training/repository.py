@@ -44,13 +44,13 @@ def model_config(name: str, inputs: list[tuple[str, str, list[int]]], outputs: l
     return "\n".join(lines) + "\n"
 
 
-def mnist_config() -> str:
-    return model_config("mnist", [("image", "TYPE_FP32", [28, 28, 1])], [("probabilities", "TYPE_FP32", [10])])
+def mnist_config(name: str = "mnist") -> str:
+    return model_config(name, [("image", "TYPE_FP32", [28, 28, 1])], [("probabilities", "TYPE_FP32", [10])])
 
 
-def sentiment_config(tokenizer_file: str = "tokenizer.json") -> str:
+def sentiment_config(tokenizer_file: str = "tokenizer.json", name: str = "sentiment") -> str:
     return model_config(
-        "sentiment", [("text", "TYPE_STRING", [1])], [("probability", "TYPE_FP32", [1])],
+        name, [("text", "TYPE_STRING", [1])], [("probability", "TYPE_FP32", [1])],
         {"text_preprocessor": tokenizer_file, "text_preprocessor_output": "token_ids"},
     )
 
@@ -85,6 +85,8 @@ def write_card(repository: str, name: str, card: dict) -> None:
 
 
 def _markdown(card: dict) -> str:
+    if card.get("int8"):
+        return _int8_markdown(card)
     m, p = card["metrics"], card["parity"]
     lines = [
         f"# Model card: {card['name']}", "",
@@ -100,7 +102,8 @@ def _markdown(card: dict) -> str:
         f"| test accuracy, ONNX Runtime (CPU) | {m['test_accuracy_onnx']:.4f} |",
         f"| test accuracy, Keras | {m['test_accuracy_keras']:.4f} |",
         f"| parity max abs diff (ONNX vs Keras) | {p['max_abs_diff']:.2e} (tolerance {p['tolerance']:g}) |",
-        f"| parity class agreement | {p['class_agreement']:.4f} |", "",
+        f"| parity class agreement | {p['class_agreement']:.4f} |",
+        *[f"| {k} | {v} |" for k, v in card.get("extra_metrics", {}).items()], "",
         "## Training", "",
         f"- Data: {card['data']['description']}",
         f"- Validation: {card['data']['validation']}",
@@ -115,4 +118,31 @@ def _markdown(card: dict) -> str:
     if card.get("notes"):
         lines += ["## Notes", "", card["notes"], ""]
     lines += [f"![{img}]({img})" for img in card.get("figures", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _int8_markdown(card: dict) -> str:
+    q, s = card["int8"], card["int8"]["speed"]
+    lines = [
+        f"# Model card: {card['name']}", "",
+        card["description"], "",
+        "## Interface", "", f"Same as `{q['source_model']}`: {card['interface']}", "",
+        "## Evaluation (full test set, ONNX Runtime CPU)" if not card["quick"]
+        else "## Evaluation (QUICK MODE: subsets, not a real model)", "",
+        "| metric | value |", "| --- | --- |",
+        f"| test examples | {card['metrics']['test_examples']} |",
+        f"| test accuracy, INT8 | {q['int8_accuracy']:.4f} |",
+        f"| test accuracy, FP32 (`{q['source_model']}`) | {q['fp32_accuracy']:.4f} |",
+        f"| accuracy drop | {q['drop'] * 100:.2f} points (gate: at most {q['max_drop'] * 100:.1f}) |",
+        f"| max abs diff of outputs vs FP32 | {q['max_abs_diff_vs_fp32']:.2e} |",
+        *[f"| {k} | {v} |" for k, v in card.get("extra_metrics", {}).items()], "",
+        "## Speed (one in-process ONNX Runtime session, 2 threads, same inputs)", "",
+        "| batch | FP32 rows/s | INT8 rows/s | INT8 / FP32 |", "| --- | --- | --- | --- |",
+        *[f"| {r['batch_size']} | {r['fp32_rows_per_s']:.0f} | {r['int8_rows_per_s']:.0f} | {r['speedup']:.2f}x |"
+          for r in s], "",
+        f"Inputs: {q['speed_inputs']}. Measured while training ran on the same 2 cores, so absolute",
+        "figures are low and noisy; the ratio is what matters (runs alternate between the two).", "",
+        "## Quantization", "", q["method"], "",
+        "## Limitations", "", card["limitations"], "",
+    ]
     return "\n".join(lines) + "\n"

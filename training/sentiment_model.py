@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from server.tokenizer import Tokenizer, TokenizerConfig, build_vocabulary
+from training import sentiment_data
 
 
 @dataclass
@@ -35,7 +36,12 @@ class SentimentParams:
     embedding_dropout: float = 0.3
     dense_units: int = 128
     learning_rate: float = 1e-3
-    validation_fraction: float = 0.1  # stratified, carved from the training split
+    validation_fraction: float = 0.1  # whole films, carved from the training split
+    # Short examples derived from the fit reviews (training.sentiment_data); 0 turns them off.
+    chunks_per_review: int = 2
+    negated_fraction: float = 0.4
+    contrast_fraction: float = 0.15
+    neutral_fraction: float = 0.08
     max_tokens: int = 512
     buckets: tuple = (32, 64, 128, 256, 512)
     train_limit: int | None = None  # quick mode: a stratified subset of N training reviews
@@ -73,18 +79,6 @@ def _subset(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c))[: limit // 2] for c in (0, 1)]
     return np.sort(np.concatenate(per_class))
-
-
-def split_train_validation(labels: np.ndarray, fraction: float, seed: int):
-    """Stratified split of training indices -> (fit indices, validation indices)."""
-    rng = np.random.default_rng(seed)
-    fit, val = [], []
-    for c in (0, 1):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = max(1, int(round(len(idx) * fraction)))
-        val.append(idx[:n_val])
-        fit.append(idx[n_val:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
 def encode_by_bucket(tokenizer: Tokenizer, texts, labels):
@@ -185,7 +179,9 @@ def _bilstm_bigram_model(params: SentimentParams, seed: int):
     recurrent = layers.Dropout(0.5, seed=seed)(layers.GlobalMaxPooling1D()(recurrent))
     bag = layers.Dropout(0.2, seed=seed)(_bigram_bag_layer(params, params.bag_dim)(ids))
     both = layers.Concatenate()([recurrent, bag])
-    probability = layers.Dense(1, activation="sigmoid", name="probability")(both)
+    # The logit is its own layer so that temperature scaling can be folded into its weights.
+    logit = layers.Dense(1, name="logit")(both)
+    probability = layers.Activation("sigmoid", name="probability")(logit)
     return keras.Model(ids, probability, name="sentiment_bilstm_bigram")
 
 
@@ -199,7 +195,7 @@ def build_model(params: SentimentParams, seed: int):
         return keras.Sequential(
             [keras.Input((None,), dtype="int32", name="token_ids"), _bigram_bag_layer(params),
              layers.Dropout(params.embedding_dropout, seed=seed),
-             layers.Dense(1, activation="sigmoid", name="probability")],
+             layers.Dense(1, name="logit"), layers.Activation("sigmoid", name="probability")],
             name="sentiment_bigram_bag",
         )
 
@@ -219,7 +215,7 @@ def build_model(params: SentimentParams, seed: int):
          layers.GlobalMaxPooling1D(),
          layers.Dense(params.dense_units, activation="relu"),
          layers.Dropout(0.5, seed=seed),
-         layers.Dense(1, activation="sigmoid", name="probability")],
+         layers.Dense(1, name="logit"), layers.Activation("sigmoid", name="probability")],
         name=f"sentiment_{params.architecture}",
     )
 
@@ -230,34 +226,103 @@ def make_tokenizer(train_texts, params: SentimentParams) -> Tokenizer:
     return Tokenizer(vocabulary, config)
 
 
+def _take(items, idx):
+    return [items[i] for i in idx]
+
+
 def prepare(data, params: SentimentParams, seed: int):
-    """Tokenizer (vocabulary from the fit split only) and bucketed fit/val/test sets."""
-    train_texts, train_labels, test_texts, test_labels = data
+    """Tokenizer (vocabulary from the fit split only) and bucketed sets.
+
+    ``data`` is ``datasets.load_imdb_with_movies``'s 6-tuple. Sets: "fit" (fit reviews
+    plus short examples derived from them), "val" (reviews of films not in fit: epochs,
+    temperature and design choices), "val_short" (short examples derived from the
+    validation reviews: the short-text view of the same selection), "test" (reported only).
+    """
+    train_texts, train_labels, test_texts, test_labels, train_movies, _ = data
     sub = _subset(train_labels, params.train_limit, seed)
-    train_texts, train_labels = [train_texts[i] for i in sub], train_labels[sub]
+    train_texts, train_labels, train_movies = _take(train_texts, sub), train_labels[sub], _take(train_movies, sub)
     tsub = _subset(test_labels, params.test_limit, seed + 1)
-    test_texts, test_labels = [test_texts[i] for i in tsub], test_labels[tsub]
-    fit_idx, val_idx = split_train_validation(train_labels, params.validation_fraction, seed)
-    fit_texts = [train_texts[i] for i in fit_idx]
+    test_texts, test_labels = _take(test_texts, tsub), test_labels[tsub]
+    fit_idx, val_idx = sentiment_data.grouped_split(train_labels, train_movies, params.validation_fraction, seed)
+    fit_texts, fit_labels = _take(train_texts, fit_idx), train_labels[fit_idx]
+    val_texts, val_labels = _take(train_texts, val_idx), train_labels[val_idx]
     tokenizer = make_tokenizer(fit_texts, params)
     params.vocab_size = len(tokenizer.vocabulary)  # may be smaller on tiny subsets
+    polarity = sentiment_data.opinion_words(fit_texts, fit_labels, min_count=max(3, len(fit_texts) // 750))
+    vocabulary = set(tokenizer.vocabulary)
+    # The validation short examples use the default recipe whatever the fit recipe, so that
+    # variants (even one without short fit examples) are compared on the same examples.
+    defaults = SentimentParams()
+    short = {"fit": sentiment_data.short_examples(
+                 fit_texts, fit_labels, polarity, vocabulary, seed + 2, params.chunks_per_review,
+                 params.negated_fraction, params.contrast_fraction, params.neutral_fraction),
+             "val": sentiment_data.short_examples(
+                 val_texts, val_labels, polarity, vocabulary, seed + 3, defaults.chunks_per_review,
+                 defaults.negated_fraction, defaults.contrast_fraction, defaults.neutral_fraction)}
+    short_fit = short["fit"] if params.chunks_per_review else ([], np.zeros(0, np.float32), [])
     sets = {
-        "fit": encode_by_bucket(tokenizer, fit_texts, train_labels[fit_idx]),
-        "val": encode_by_bucket(tokenizer, [train_texts[i] for i in val_idx], train_labels[val_idx]),
+        "fit": encode_by_bucket(tokenizer, fit_texts + short_fit[0],
+                                np.concatenate([fit_labels.astype(np.float32), short_fit[1]])),
+        "val": encode_by_bucket(tokenizer, val_texts, val_labels),
+        "val_short": encode_by_bucket(tokenizer, short["val"][0], short["val"][1]),
         "test": encode_by_bucket(tokenizer, test_texts, test_labels),
     }
-    return tokenizer, sets
+    info = {"fit_reviews": len(fit_texts), "val_reviews": len(val_texts),
+            "val_films": len({train_movies[i] for i in val_idx}), "opinion_words": len(polarity),
+            "short_fit": {k: short_fit[2].count(k) for k in sorted(set(short_fit[2]))},
+            "short_val": {k: short["val"][2].count(k) for k in sorted(set(short["val"][2]))}}
+    return tokenizer, sets, info
+
+
+def predict_sets(model, buckets: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (n,), labels (n,)) of a bucketed set, in the set's original order."""
+    n = sum(len(idx) for _, _, idx in buckets.values())
+    probs, labels = np.empty(n, np.float32), np.empty(n, np.float32)
+    for x, y, idx in buckets.values():
+        probs[idx] = model.predict(x, batch_size=64, verbose=0)[:, 0]
+        labels[idx] = y[:, 0]
+    return probs, labels
+
+
+def short_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy on opinionated short examples; mean |p - 0.5| on the neutral (0.5) ones."""
+    opinion, neutral = labels != 0.5, labels == 0.5
+    return {"accuracy": float(np.mean((probs[opinion] > 0.5) == (labels[opinion] == 1))) if opinion.any() else 0.0,
+            "neutral_abs_dev": float(np.mean(np.abs(probs[neutral] - 0.5))) if neutral.any() else 0.0}
+
+
+def _short_text_callback(buckets: dict):
+    """Adds val_short_accuracy / val_short_neutral_dev to each epoch's logs (design choices)."""
+    import keras
+
+    class ShortText(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            metrics = short_metrics(*predict_sets(self.model, buckets))
+            if logs is not None:
+                logs["val_short_accuracy"] = metrics["accuracy"]
+                logs["val_short_neutral_dev"] = metrics["neutral_abs_dev"]
+            print(f" - val_short_accuracy {metrics['accuracy']:.4f} - neutral |p-0.5| {metrics['neutral_abs_dev']:.3f}",
+                  flush=True)
+
+    return ShortText()
 
 
 def train(sets, params: SentimentParams, seed: int, verbose: int):
-    """Returns (model, history dict, training seconds, epochs run)."""
+    """Returns (model, history dict, training seconds, epochs run).
+
+    The epoch is chosen on the film-grouped validation reviews (early stopping restores
+    the best); the short-text view is logged beside it.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
     model = build_model(params, seed)
     model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="binary_crossentropy",
                   metrics=["accuracy"])
+    # The short-text callback runs first so its figures are in the logs EarlyStopping sees.
     callbacks = [keras.callbacks.EarlyStopping("val_accuracy", patience=1, restore_best_weights=True)]
+    if sets.get("val_short"):
+        callbacks.insert(0, _short_text_callback(sets["val_short"]))
     start = time.perf_counter()
     history = model.fit(_tf_dataset(sets["fit"], params.batch_size, seed),
                         validation_data=_tf_dataset(sets["val"], 64, None),

@@ -40,6 +40,18 @@ def test_load_imdb_real_file(imdb):
     assert any("<br />" in t for t in train_texts)  # raw text: HTML breaks kept for the tokenizer
 
 
+def test_load_imdb_with_movies_maps_reviews_to_films(imdb, imdb_dir):
+    from training.datasets import load_imdb_with_movies
+
+    data = load_imdb_with_movies(str(imdb_dir))
+    assert data[0][:20] == imdb[0][:20]
+    train_movies, test_movies = data[4], data[5]
+    assert len(train_movies) == 25000 and len(test_movies) == 25000
+    assert all(m.startswith("tt") for m in train_movies + test_movies)
+    assert 3000 < len(set(train_movies)) < 5000  # ~7 reviews per film
+    assert len(set(train_movies) & set(test_movies)) <= 5  # the official split is (almost) by film
+
+
 def test_load_imdb_is_deterministic(imdb, imdb_dir):
     again = load_imdb(str(imdb_dir))
     assert again[0][:50] == imdb[0][:50] and np.array_equal(again[3], imdb[3])

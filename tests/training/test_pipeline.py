@@ -27,6 +27,9 @@ EXPECTED_FILES = [
     "mnist/training_curves.png", "mnist/confusion_matrix.png",
     "sentiment/config.pbtxt", "sentiment/1/model.onnx", "sentiment/1/vocab.txt", "sentiment/1/tokenizer.json",
     "sentiment/1/model_card.json", "sentiment/MODEL_CARD.md", "sentiment/training_curves.png",
+    "mnist_int8/config.pbtxt", "mnist_int8/1/model.onnx", "mnist_int8/1/model_card.json", "mnist_int8/MODEL_CARD.md",
+    "sentiment_int8/config.pbtxt", "sentiment_int8/1/model.onnx", "sentiment_int8/1/vocab.txt",
+    "sentiment_int8/1/tokenizer.json", "sentiment_int8/1/model_card.json", "sentiment_int8/MODEL_CARD.md",
 ]
 
 
@@ -97,3 +100,22 @@ def test_recomputed_sentiment_parity_and_batch_independence(quick_run, imdb):
     # What the server does: each request alone, padded to its own bucket.
     alone = np.concatenate([session.run(None, {"token_ids": row[np.newaxis]})[0] for row in x])
     np.testing.assert_allclose(batched, alone, atol=1e-6)
+
+
+def test_int8_variants_and_calibration_records(quick_run):
+    repo, summaries, _ = quick_run
+    for name, source in (("mnist_int8", "mnist"), ("sentiment_int8", "sentiment")):
+        card = json.loads((repo / name / "1" / "model_card.json").read_text())
+        assert card["int8"]["source_model"] == source and card["quick"] is True
+        assert [r["batch_size"] for r in card["int8"]["speed"]] == [1, 8, 64]
+        assert f'name: "{name}"' in (repo / name / "config.pbtxt").read_text()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(repo / "sentiment_int8" / "1" / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops  # the LSTM itself runs in INT8
+    ops = {n.op_type for n in onnx.load(str(repo / "sentiment" / "1" / "model.onnx")).graph.node}
+    assert "LSTM" in ops and "Loop" not in ops
+    card = json.loads((repo / "sentiment" / "1" / "model_card.json").read_text())
+    assert card["selection"]["temperature"] > 0 and "films" in card["data"]["validation"]
+    assert card["evaluation"]["probe_n"] >= 80 and 0.0 <= card["evaluation"]["test_ece"] <= 1.0
+    assert summaries["sentiment"]["missed_gates"] == []  # quick mode reports, never gates
