@@ -61,7 +61,8 @@ def threads_per_worker(config: ServerConfig, count: int) -> int:
     return max(1, total // count)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, what: str = "gRPC",
+                 flag: str = "--grpc-port") -> socket.socket:
     """A bound, non-listening SO_REUSEPORT socket on the public port (0 = a free one)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -71,9 +72,9 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}; "
-                           "pick another with --grpc-port (0 = any free port) or "
-                           "--grpc-host") from None
+        raise StartupError(f"cannot listen for {what} on {host}:{port}: "
+                           f"{exc.strerror or exc}; pick another with {flag} (0 = any free "
+                           "port)") from None
     return sock
 
 
@@ -100,7 +101,9 @@ class Supervisor:
         self.announced = False
         self.folder = Path(tempfile.mkdtemp(prefix="onnxserve-workers-"))
         self.port = 0
+        self.http_port = 0
         self._reserved: socket.socket | None = None
+        self._reserved_http: socket.socket | None = None
         self._metrics = None
 
     # ---- life cycle -------------------------------------------------------------------
@@ -115,12 +118,15 @@ class Supervisor:
                      "TLS" if self.config.tls_cert_file else "plaintext", self.count)
             self._start_metrics()
             if self.config.http_enabled:
-                # Hook for the REST transport: with workers it must bind its port with
-                # SO_REUSEPORT (reserved here like the gRPC port) and fan its statistics,
-                # readiness and repository calls out as ClusterServicer does for gRPC.
-                # Until then it is off, rather than a per-worker view of one server.
-                log.warning("the KServe v2 REST port is not served with --workers %d yet "
-                            "(gRPC only); use --workers 1 for REST", self.count)
+                # REST: the same SO_REUSEPORT pattern; its readiness, statistics and
+                # load/unload go through each worker's ClusterServicer
+                # (server.transport.http.cluster).
+                self._reserved_http = reserve_port(self.config.http_host,
+                                                   self.config.http_port, "HTTP",
+                                                   "--http-port")
+                self.http_port = self._reserved_http.getsockname()[1]
+                log.info("HTTP listening on %s:%d (%d worker processes, SO_REUSEPORT)",
+                         self.config.http_host, self.http_port, self.count)
             for worker in self.workers:
                 self._spawn(worker)
             self._loop()
@@ -185,7 +191,8 @@ class Supervisor:
         command = [sys.executable, "-m", "server", *self.argv,
                    "--grpc-port", str(self.port),
                    "--metrics-host", "127.0.0.1", "--metrics-port", "0",
-                   "--http-enabled", "false",  # see run(): not wired for workers yet
+                   *(("--http-port", str(self.http_port)) if self.config.http_enabled
+                     else ()),
                    "--intra-op-threads", str(threads_per_worker(self.config, self.count)),
                    "--workers", "1", "--worker-index", str(worker.index),
                    "--worker-dir", str(self.folder), "--worker-count", str(self.count)]
@@ -256,8 +263,9 @@ class Supervisor:
         if self._metrics is not None:
             from server import metrics_http
             metrics_http.stop(self._metrics)
-        if self._reserved is not None:
-            self._reserved.close()
+        for reserved in (self._reserved, self._reserved_http):
+            if reserved is not None:
+                reserved.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -130,8 +130,7 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
         raise StartupError(f"cannot listen for gRPC on {address}: the port is in use or the "
                            "address is not this machine's; pick another with --grpc-port "
                            "(0 = any free port) or --grpc-host") from None
-    # Hook for other transports (HTTP/REST): with workers they must bind their public
-    # port with SO_REUSEPORT too (config.worker_index >= 0), as the gRPC port above.
+    # With workers the REST port is shared the same way (server.transport.http.server).
     if peers is not None:
         peers.servicer = servicer  # the poller fans its loads out through it
         workers.add_private_port(server, config)

@@ -308,3 +308,49 @@ def test_poll_mode_loads_and_unloads_on_every_worker(tmp_path, models_dir):
         assert wait_until(lambda: digits_ready_everywhere(False), 120), proc.log[-3000:]
     finally:
         proc.stop()
+
+
+def _rest(proc: ServerProcess, method: str, path: str, body: bytes | None = None):
+    """One REST call over a new connection (so SO_REUSEPORT may pick either worker)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(proc.http_url + path, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            data = reply.read()
+            return reply.status, json.loads(data) if data else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_rest_is_served_by_every_worker_as_one_server(cluster):
+    """REST shares the port the same way; readiness, statistics and loads are the
+    cluster's, whichever worker answers."""
+    import json
+
+    with grpc.insecure_channel(cluster.address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        grpc_total = _count(stub)
+        body = json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
+                                       "shape": [1, 28, 28, 1],
+                                       "data": _image().ravel().tolist()}]}).encode()
+        for _ in range(20):
+            status, reply = _rest(cluster, "POST", "/v2/models/mnist/infer", body)
+            assert status == 200, reply
+        for _ in range(4):  # every worker that answers gives the same sum
+            status, stats = _rest(cluster, "GET", "/v2/models/mnist/stats")
+            assert status == 200, stats
+            rest_total = sum(int(s["inference_count"]) for s in stats["model_stats"])
+            assert rest_total == _count(stub) == grpc_total + 20
+            assert _rest(cluster, "GET", "/v2/health/ready")[0] == 200
+        assert _rest(cluster, "POST", "/v2/repository/models/digits/load")[0] == 200
+        try:
+            for index in (0, 1):
+                channel_i, worker = _local_stub(cluster, index)
+                with channel_i:
+                    assert worker.ModelReady(pb.ModelReadyRequest(name="digits"),
+                                             metadata=LOCAL, timeout=10).ready, index
+        finally:
+            assert _rest(cluster, "POST", "/v2/repository/models/digits/unload")[0] == 200

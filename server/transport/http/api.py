@@ -68,7 +68,8 @@ def error_reply(exc: ServingError) -> Reply:
 class RestApi:
     def __init__(self, repository: ModelRepository, lifecycle: Lifecycle, *,
                  model_control_mode: str, repository_api_key: str = "",
-                 access_log_enabled: bool = False, observer=None, static=None):
+                 access_log_enabled: bool = False, observer=None, static=None,
+                 cluster=None):
         self._repo = repository
         self._life = lifecycle
         self._control = model_control_mode
@@ -78,6 +79,9 @@ class RestApi:
         # Metrics: observer(model_name, model or None, exc or None, seconds, protocol=).
         self._observe = observer
         self._static = static  # path -> Reply for GET (console, OpenAPI); None = none
+        # With worker processes, what must look like one server (ready, statistics,
+        # load/unload) goes through the cluster (server.transport.http.cluster).
+        self.cluster = cluster
 
     async def handle(self, request: Request) -> Reply:
         try:
@@ -93,6 +97,8 @@ class RestApi:
         if method == "POST" and (m := _MODEL_PATH.fullmatch(path)) and m["action"] == "infer":
             return await self.infer(m["model"], m["version"] or "", request)
         if method in ("GET", "HEAD"):
+            if self.cluster is not None and (reply := await self._cluster_get(path)):
+                return reply
             return self._get(path)
         if method == "POST" and path == "/v2/repository/index":
             return self._index(request.body)
@@ -101,6 +107,18 @@ class RestApi:
         if self._known(path):
             return json_reply({"error": f"method {method} is not allowed on {path[:200]}"}, 405)
         return json_reply({"error": f"no such endpoint: {path[:200]}"}, 404)
+
+    async def _cluster_get(self, path: str) -> Reply | None:
+        """Server readiness and statistics summed over every worker; None for the rest."""
+        if path == "/v2/health/ready":
+            ready = self._life.ready(self._repo) and await self.cluster.ready()
+            return json_reply({"ready": ready}, 200 if ready else 503)
+        m = _MODEL_PATH.fullmatch(path)
+        if path == "/v2/models/stats" or (m is not None and m["action"] == "stats"):
+            name, version = ("", "") if m is None else (m["model"], m["version"] or "")
+            return json_reply(to_json(await self.cluster.statistics(name, version),
+                                      defaults=True))
+        return None
 
     def _known(self, path: str) -> bool:
         """A path some method answers (405 for the others), else 404."""
@@ -223,10 +241,11 @@ class RestApi:
         if unsupported:
             raise InvalidInputError(f"{action} parameters {unsupported} are not supported: "
                                     "models load from the repository as they are")
+        target = self.cluster if self.cluster is not None else self._repo
         if action == "load":
-            await self._repo.load(name)
+            await target.load(name)
         else:
-            await self._repo.unload(name)
+            await target.unload(name)
         return Reply(200, b"")
 
     def _check_control(self, headers: Mapping[str, str], action: str) -> None:

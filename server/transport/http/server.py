@@ -34,10 +34,11 @@ class RestServer:
 
     def __init__(self, api: RestApi, host: str, port: int, max_body_bytes: int,
                  ssl_context: ssl.SSLContext | None, shutdown_timeout_s: float = 30.0,
-                 budget: ByteBudget | None = None):
+                 budget: ByteBudget | None = None, reuse_port: bool = False):
         self._api, self._host, self._port = api, host, port
         self._limit = max_body_bytes
         self._budget = budget  # the request bytes held at once, shared with gRPC
+        self._reuse_port = reuse_port  # worker processes share one port (SO_REUSEPORT)
         self._ssl = ssl_context
         self._shutdown_timeout_s = shutdown_timeout_s
         self._runner = None
@@ -52,7 +53,8 @@ class RestServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=self._shutdown_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl,
+                           reuse_port=self._reuse_port or None)
         await site.start()
         return self._runner.addresses[0][1]
 
@@ -85,6 +87,8 @@ class RestServer:
 
     async def stop(self) -> None:
         """Close the port and idle connections; handlers still running may finish."""
+        if self._api.cluster is not None:
+            await self._api.cluster.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -99,14 +103,14 @@ async def start_rest(running, observer=None):
                   model_control_mode=config.model_control_mode,
                   repository_api_key=config.repository_api_key,
                   access_log_enabled=config.access_log, observer=observer,
-                  static=static_replies())
+                  static=static_replies(), cluster=_cluster_view(config))
     context = None
     if config.tls_cert_file:
         context = server_ssl_context(config.tls_cert_file, config.tls_key_file,
                                      config.tls_client_ca_file)
     rest = RestServer(api, config.http_host, config.http_port, config.max_message_bytes,
                       context, shutdown_timeout_s=config.drain_timeout_s,
-                      budget=running.request_budget)
+                      budget=running.request_budget, reuse_port=config.worker_index >= 0)
     try:
         port = await rest.start()
     except OSError as exc:  # one line for the operator, like the other ports' errors
@@ -116,3 +120,14 @@ async def start_rest(running, observer=None):
     log.info("HTTP listening on %s:%d (%s)", config.http_host, port,
              "TLS" if context else "plaintext")
     return rest
+
+
+def _cluster_view(config):
+    """With worker processes, REST's way to the one-server view; None when alone."""
+    if config.worker_index < 0:
+        return None
+    from server.transport.http.cluster import ClusterView
+
+    header, _, secret = config.repository_api_key.partition(":")
+    return ClusterView(config.worker_dir, config.worker_index, config.max_message_bytes,
+                       (header.lower(), secret))
