@@ -54,8 +54,11 @@ def test_health_and_metadata_match_grpc(server, grpc_stub):
     assert config["input"][0] == {"name": "text", "data_type": "TYPE_STRING", "dims": [1]}
     status, rows = call_json(port, "POST", "/v2/repository/index", {})
     assert status == 200
+    grpc_rows = grpc_stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models
     assert [(r["name"], r["version"], r["state"]) for r in rows] == [
-        ("mnist", "1", "READY"), ("sentiment", "1", "READY")]
+        (r.name, r.version, r.state) for r in grpc_rows]
+    assert {("mnist", "1", "READY"), ("sentiment", "1", "READY")} <= {
+        (r["name"], r["version"], r["state"]) for r in rows}
     assert call_json(port, "POST", "/v2/repository/index", b"")[1] == rows
 
 
