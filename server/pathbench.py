@@ -86,7 +86,6 @@ async def _stages(repository: Path, batch: int, seconds: float) -> list[tuple[st
     stage("parse request (protobuf)", lambda: pb.ModelInferRequest.FromString(wire))
     headers = convert.input_headers(request)
     stage("input headers", lambda: convert.input_headers(request))
-    shapes = {h.name: (h.datatype, h.shape) for h in headers}
     stage("validate from header (check_inputs)",
           lambda: model.check_inputs({h.name: (h.datatype, h.shape) for h in headers}))
     stage("decode inputs (frombuffer)", lambda: convert.request_inputs(request, headers))

@@ -28,7 +28,7 @@ from server.transport.peers import Peers, local_phase, token_of
 from server.transport.servicer import InferenceServicer
 from server.transport.statistics import statistics_response
 from server.transport.stats_merge import merge_statistics
-from server.transport.status import _CODES
+from server.transport.status import error_for_code
 
 log = logging.getLogger("server.cluster")
 
@@ -39,15 +39,11 @@ PREPARED_TTL_S = 600.0
 CONTROL_TIMEOUT_S = 60.0
 STATISTICS_TIMEOUT_S = 10.0
 
-_ERROR_FOR_CODE: dict[grpc.StatusCode, type] = {}
-for _kind, _code in _CODES:
-    _ERROR_FOR_CODE.setdefault(_code, _kind)
-
 
 def _peer_error(index: int, exc: BaseException) -> ServingError:
     """A peer's failure as the same kind of domain error, naming the worker."""
     if isinstance(exc, grpc.aio.AioRpcError):
-        kind = _ERROR_FOR_CODE.get(exc.code(), InternalError)
+        kind = error_for_code(exc.code())
         if kind is errors.InternalError and exc.code() == grpc.StatusCode.INTERNAL:
             kind = errors.ModelLoadError
         return kind(f"worker {index}: {exc.details()}")

@@ -115,7 +115,7 @@ def request_inputs(request: pb.ModelInferRequest,
     if raw:  # the usual form (tritonclient, perf_analyzer): no need for request.inputs
         for header, data in zip(headers, raw):
             name, datatype, shape, count = header
-            arrays[name] = _from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
+            arrays[name] = from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
         return arrays
     for tensor, header in zip(request.inputs, headers):
         arrays[header.name] = _from_contents(header.name, tensor, V2_TO_NUMPY[header.datatype],
@@ -123,7 +123,8 @@ def request_inputs(request: pb.ModelInferRequest,
     return arrays
 
 
-def _from_raw(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
+def from_raw(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
+    """One input's raw bytes (gRPC raw_input_contents, REST binary data) as an array."""
     if datatype == "BYTES":
         return decode_bytes(name, data, count).reshape(shape)
     expected = count * dtype.itemsize

@@ -27,3 +27,12 @@ def status_for(error: errors.ServingError) -> grpc.StatusCode:
         if isinstance(error, kind):
             return code
     return grpc.StatusCode.INTERNAL
+
+
+def error_for_code(code: grpc.StatusCode) -> type:
+    """The domain error kind a status code stands for (a peer's or our own answer read
+    back): the first of the table's kinds with that code."""
+    for kind, mapped in _CODES:
+        if mapped == code:
+            return kind
+    return errors.InternalError

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import grpc
 
-from server.errors import InternalError, ServingError
+from server.errors import ServingError
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.transport.peers import socket_path
-from server.transport.status import _CODES
-
-_ERROR_FOR_CODE: dict[grpc.StatusCode, type] = {}
-for _kind, _code in _CODES:
-    _ERROR_FOR_CODE.setdefault(_code, _kind)
+from server.transport.status import error_for_code
 
 
 class ClusterView:
@@ -42,7 +38,7 @@ class ClusterView:
             return await getattr(self._client(), method)(request, metadata=metadata,
                                                           timeout=600)
         except grpc.aio.AioRpcError as exc:  # the same domain error, the same message
-            raise _ERROR_FOR_CODE.get(exc.code(), InternalError)(exc.details()) from None
+            raise error_for_code(exc.code())(exc.details()) from None
 
     async def ready(self) -> bool:
         try:

@@ -18,7 +18,7 @@ import orjson
 
 from server.datatypes import V2_TO_NUMPY
 from server.errors import InvalidInputError
-from server.transport.convert import decode_bytes, element_count, encode_bytes
+from server.transport.convert import element_count, encode_bytes, from_raw
 
 HEADER_LENGTH = "inference-header-content-length"
 _JSON_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}  # others: ints
@@ -111,7 +111,7 @@ def _inputs(items: list, tail: memoryview) -> dict[str, np.ndarray]:
         if size is not None:
             data = _binary_slice(name, size, tail, offset)
             offset += len(data)
-            arrays[name] = _from_binary(name, datatype, dtype, shape, count, data)
+            arrays[name] = from_raw(name, datatype, dtype, shape, count, data)
         elif "data" in item:
             arrays[name] = _from_json(name, datatype, dtype, shape, count, item["data"])
         else:
@@ -130,17 +130,6 @@ def _binary_slice(name: str, size, tail: memoryview, offset: int) -> bytes:
         raise InvalidInputError(f"input {name!r}: binary_data_size {size} but only "
                                 f"{len(tail) - offset} bytes of binary data remain")
     return bytes(tail[offset:offset + size])
-
-
-def _from_binary(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
-    if datatype == "BYTES":
-        return decode_bytes(name, data, count).reshape(shape)
-    expected = count * dtype.itemsize
-    if len(data) != expected:
-        raise InvalidInputError(f"input {name!r}: {len(data)} bytes of raw data, expected "
-                                f"{expected} ({count} {datatype} elements of shape "
-                                f"{list(shape)})")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _from_json(name, datatype, dtype, shape, count, data) -> np.ndarray:
