@@ -16,7 +16,7 @@ from server.metrics import LATENCY_BUCKETS, LoopHistogram
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
-from tests.server.loadkit import metric
+from tests.server.loadkit import metric, wait_until
 from tests.server.loadkit import scrape as scrape_port
 
 SECRET = "SECRET-PAYLOAD-7f3a9c"
@@ -153,11 +153,17 @@ def test_access_log_has_requests_but_never_payloads(observed, stub):
     bad = text_request([SECRET])
     bad.inputs[0].name = "not-text"
     expect_code(lambda: stub.ModelInfer(bad, timeout=30), grpc.StatusCode.INVALID_ARGUMENT)
-    access = [json.loads(line)["message"] for line in observed.lines
-              if '"server.access"' in line]
-    assert any(f"id={marker}" in m and "model=sentiment" in m and "status=OK" in m
-               for m in access), access[-5:]
-    assert any("status=InvalidInputError" in m for m in access), access[-5:]
+
+    def access() -> list[str]:
+        return [json.loads(line)["message"] for line in list(observed.lines)
+                if '"server.access"' in line]
+
+    def logged() -> bool:  # the server's log reaches us a little after its replies
+        found = access()
+        return (any(f"id={marker}" in m and "model=sentiment" in m and "status=OK" in m
+                    for m in found) and any("status=InvalidInputError" in m for m in found))
+
+    assert wait_until(logged, timeout_s=30), access()[-5:]
     assert not [line for line in observed.lines if SECRET in line]
 
 
