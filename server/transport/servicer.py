@@ -8,19 +8,18 @@ else is logged with its traceback and answered INTERNAL without details.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import time
 
 from server import __version__
-from server.errors import (InternalError, ModelControlDisabledError, OverloadedError,
-                           PermissionDeniedError, ServerDrainingError, ServingError)
+from server.errors import InternalError, OverloadedError, ServerDrainingError, ServingError
 from server.model import ModelVersion
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from server.repository import ModelRepository
 from server.transport import convert
+from server.transport.control import RepositoryControl
 from server.transport.handlers import Incoming
 
 try:  # what abort() raises when the call already ended in gRPC core
@@ -93,9 +92,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                  access_log_enabled: bool = False, observer=None):
         self._repo = repository
         self._life = lifecycle
-        self._control = model_control_mode
-        self._api_header, _, self._api_secret = repository_api_key.partition(":")
-        self._api_header = self._api_header.lower()
+        self._control = RepositoryControl(model_control_mode, repository_api_key)
         self._access = access_log_enabled
         # observer(model, version, outcome, seconds) -> metrics; None = off.
         self._observe = observer
@@ -317,15 +314,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     def _check_control(self, context, action: str) -> None:
-        if self._api_secret:
-            sent = dict(context.invocation_metadata() or ()).get(self._api_header)
-            if sent is None or not hmac.compare_digest(sent.encode(), self._api_secret.encode()):
-                raise PermissionDeniedError(f"repository {action} is restricted: send the "
-                                            f"'{self._api_header}' header with the key")
-        if self._control != "explicit":
-            raise ModelControlDisabledError(
-                f"model {action} over gRPC needs --model-control-mode explicit (this server "
-                f"runs in {self._control!r} mode)")
+        sent = dict(context.invocation_metadata() or ()).get(self._control.header)
+        self._control.check(sent, action, "gRPC")
 
     # ---- helpers ----------------------------------------------------------------------
     async def _fail(self, context, exc: ServingError):

@@ -8,7 +8,6 @@ logged with its traceback and answered 500 without details.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import re
@@ -19,10 +18,10 @@ from typing import Mapping
 import orjson
 
 from server import __version__
-from server.errors import (InternalError, InvalidInputError, ModelControlDisabledError,
-                           PermissionDeniedError, ServingError)
+from server.errors import InternalError, InvalidInputError, ServingError
 from server.model import ModelVersion
 from server.repository import ModelRepository
+from server.transport.control import RepositoryControl
 from server.transport.http import codec
 from server.transport.http.protojson import to_json
 from server.transport.http.status import http_status_for
@@ -72,9 +71,7 @@ class RestApi:
                  cluster=None):
         self._repo = repository
         self._life = lifecycle
-        self._control = model_control_mode
-        self._api_header, _, self._api_secret = repository_api_key.partition(":")
-        self._api_header = self._api_header.lower()
+        self._control = RepositoryControl(model_control_mode, repository_api_key)
         self._access = access_log_enabled
         # Metrics: observer(model_name, model or None, exc or None, seconds, protocol=).
         self._observe = observer
@@ -249,12 +246,4 @@ class RestApi:
         return Reply(200, b"")
 
     def _check_control(self, headers: Mapping[str, str], action: str) -> None:
-        if self._api_secret:
-            sent = headers.get(self._api_header)
-            if sent is None or not hmac.compare_digest(sent.encode(), self._api_secret.encode()):
-                raise PermissionDeniedError(f"repository {action} is restricted: send the "
-                                            f"'{self._api_header}' header with the key")
-        if self._control != "explicit":
-            raise ModelControlDisabledError(
-                f"model {action} over HTTP needs --model-control-mode explicit (this server "
-                f"runs in {self._control!r} mode)")
+        self._control.check(headers.get(self._control.header), action, "HTTP")
