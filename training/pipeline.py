@@ -25,6 +25,11 @@ SENTIMENT_DESCRIPTIONS = {
                   "embeddings over the review's tokens -> Dropout -> Dense sigmoid (a linear model).",
     "bilstm_bigram": "Embedding -> Bidirectional LSTM -> global max pooling, concatenated with a "
                      "fastText-style bag of word and hashed word-pair embeddings -> sigmoid.",
+    "ngram": "Linear model over the distinct words, hashed word pairs and word triples of the text "
+             "(NBSVM-style logistic regression, Naive-Bayes scaled) -> sigmoid.",
+    "bilstm_ngram": "Embedding -> Bidirectional LSTM -> global max pooling, beside a linear model over the "
+                    "distinct words, hashed word pairs and word triples of the text (NBSVM-style logistic "
+                    "regression fitted first on the fit reviews, then frozen) -> one logit -> sigmoid.",
 }
 
 
@@ -39,7 +44,7 @@ class Options:
     quick: bool = False
     models: tuple[str, ...] = MODELS
     epochs: dict = field(default_factory=dict)  # model name -> epoch override
-    sentiment_architecture: str = "bilstm_bigram"
+    sentiment_architecture: str = "bilstm_ngram"
 
     @property
     def verbose(self) -> int:

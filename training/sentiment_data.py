@@ -11,6 +11,9 @@ the training reviews only, so no hand-written sentence ever reaches training:
   own word statistics (log-odds), so the rule needs no hand-made lexicon;
 - contrast pairs: "<chunk of one label>, but <chunk of the other>" labelled like the
   clause after "but", which carries the verdict in English;
+- lexicon phrases: the strongest opinion words of the training split (log-odds, as above)
+  alone or in a few fixed frames ("terrible.", "a wonderful film", "the plot was not
+  clever"), so that a one-line opinion reads like the word it hinges on;
 - neutral text: stop words only, made-up words (out of vocabulary) and mixtures,
   labelled 0.5, so that text without opinion scores near 0.5.
 
@@ -202,12 +205,38 @@ def contrast_pairs(chunks, labels, polarity, rng: np.random.Generator, count: in
     return out_texts, out_labels
 
 
+NOUNS = ("movie", "film", "acting", "story", "plot", "cast", "script", "ending", "performance", "show",
+         "direction", "dialogue")
+PLAIN_FRAMES = ("{w}", "{w}.", "{w}!", "{i} {w}.", "a {w} {n}.", "what a {w} {n}!", "the {n} was {w}.",
+                "the {n} is {i} {w}.", "{w} {n}.", "it was {w}.", "this {n} is {w}")
+NEGATED_FRAMES = ("not {w}.", "the {n} was not {w}.", "it isn't {w}.", "not a {w} {n}.", "the {n} is never {w}.",
+                  "this {n} wasn't {w}", "not {i} {w}.")
+LEXICON_INTENSIFIERS = ("very", "really", "truly", "so", "absolutely", "quite")
+
+
+def lexicon_examples(strong: dict[str, int], rng: np.random.Generator, count: int, negated_share: float = 0.3):
+    """Strong opinion words in short frames, labelled with the word's polarity, or the
+    opposite in a negated frame. ``strong``: {word: 1 positive / 0 negative}."""
+    words = sorted(strong)
+    if not words:
+        return [], []
+    out_texts, out_labels = [], []
+    for _ in range(count):
+        word = words[int(rng.integers(len(words)))]
+        negated = rng.random() < negated_share
+        frame = str(rng.choice(NEGATED_FRAMES if negated else PLAIN_FRAMES))
+        out_texts.append(frame.format(w=word, n=str(rng.choice(NOUNS)), i=str(rng.choice(LEXICON_INTENSIFIERS))))
+        out_labels.append(float(strong[word] != negated))
+    return out_texts, out_labels
+
+
 def neutral_texts(rng: np.random.Generator, count: int) -> tuple[list[str], list[float]]:
-    """Stop words only, made-up words (out of vocabulary), or both; labelled 0.5."""
+    """Stop words only, made-up words (out of vocabulary), or both; labelled 0.5. Mostly
+    short (a few words), like the opinion-free texts people actually send."""
     letters = np.array(list("bcdfghjklmnpqrstvwxz"))
     out = []
     for _ in range(count):
-        n = int(rng.integers(1, 12))
+        n = min(12, int(rng.geometric(0.3)))
         kind = int(rng.integers(0, 3))
         words = []
         for _ in range(n):
@@ -222,7 +251,7 @@ def neutral_texts(rng: np.random.Generator, count: int) -> tuple[list[str], list
 
 def short_examples(texts, labels, polarity, vocabulary, seed: int, per_review: int = 2,
                    negated_fraction: float = 0.4, contrast_fraction: float = 0.15,
-                   neutral_fraction: float = 0.08):
+                   neutral_fraction: float = 0.15, lexicon_fraction: float = 0.2, strong=None):
     """All derived short examples for one split -> (texts, float32 labels, kinds).
 
     The fractions are relative to the number of sentence chunks.
@@ -234,8 +263,10 @@ def short_examples(texts, labels, polarity, vocabulary, seed: int, per_review: i
     contrast, contrast_labels = contrast_pairs(chunks, chunk_labels, polarity, rng,
                                                int(contrast_fraction * len(chunks)))
     neutral, neutral_labels = neutral_texts(rng, int(neutral_fraction * len(chunks)))
+    lexicon, lexicon_labels = lexicon_examples(strong or {}, rng, int(lexicon_fraction * len(chunks)))
     parts = (("chunk", chunks, chunk_labels), ("negated", negated, negated_labels),
-             ("contrast", contrast, contrast_labels), ("neutral", neutral, neutral_labels))
+             ("contrast", contrast, contrast_labels), ("neutral", neutral, neutral_labels),
+             ("lexicon", lexicon, lexicon_labels))
     out_texts = [t for _, ts, _ in parts for t in ts]
     out_labels = [y for _, _, ys in parts for y in ys]
     kinds = [kind for kind, ts, _ in parts for _ in ts]

@@ -120,3 +120,18 @@ def test_release_gates_match_issue_12():
     assert pipeline.TARGETS == {"mnist": 0.994, "sentiment": 0.900}
     assert sentiment_pipeline.GATES["probe_accuracy"] == 0.90 and sentiment_pipeline.GATES["test_ece"] == 0.03
     assert quantize.MAX_ACCURACY_DROP == 0.005
+
+
+def test_lexicon_examples_frame_the_word_and_flip_negated_frames():
+    strong = {"superb": 1, "dreadful": 0}
+    texts, labels = sd.lexicon_examples(strong, np.random.default_rng(3), 400, negated_share=0.3)
+    assert len(texts) == 400 and set(labels) == {0.0, 1.0}
+    negated = 0
+    for text, label in zip(texts, labels):
+        words = text.rstrip(".!").split()
+        word = "superb" if "superb" in words else "dreadful"
+        is_negated = bool({"not", "never"} & set(words)) or "isn't" in words or "wasn't" in words
+        negated += is_negated
+        assert label == float(strong[word] != is_negated), text
+    assert 60 < negated < 180  # about 30 %
+    assert sd.lexicon_examples({}, np.random.default_rng(0), 10) == ([], [])
