@@ -140,8 +140,9 @@ def _int8_markdown(card: dict) -> str:
         "| batch | FP32 rows/s | INT8 rows/s | INT8 / FP32 |", "| --- | --- | --- | --- |",
         *[f"| {r['batch_size']} | {r['fp32_rows_per_s']:.0f} | {r['int8_rows_per_s']:.0f} | {r['speedup']:.2f}x |"
           for r in s], "",
-        f"Inputs: {q['speed_inputs']}. Measured while training ran on the same 2 cores, so absolute",
-        "figures are low and noisy; the ratio is what matters (runs alternate between the two).", "",
+        f"Inputs: {q['speed_inputs']}. Measured in the training process, on the machine that trained;",
+        "absolute figures drift between machines and runs, the ratio is what matters (runs alternate",
+        "between the two).", "",
         "## Quantization", "", q["method"], "",
         "## Limitations", "", card["limitations"], "",
     ]

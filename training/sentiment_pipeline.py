@@ -156,7 +156,7 @@ def _sentiment_int8(opts, fp32_path, fp32_session, tokenizer, fp32_eval, test_te
     card = int8_card(
         opts, "sentiment_int8", "sentiment", len(test_labels), check, fp32_eval["probs"][:, None],
         int8_eval["probs"][:, None], speeds, f"IMDB test reviews padded to {bucket} tokens",
-        description="INT8 variant of `sentiment` (same BiLSTM + bag of word pairs, same tokenizer files).",
+        description="INT8 variant of `sentiment` (same BiLSTM beside the linear n-gram part, same tokenizer files).",
         interface="`text` BYTES [1] (one raw review) -> `probability` FP32 [1]",
         method="ONNX Runtime `quantize_dynamic`, INT8 weights for every supported op: the BiLSTM becomes "
                "ORT's DynamicQuantizeLSTM (com.microsoft), the embedding tables INT8 Gathers; activations are "
@@ -220,7 +220,8 @@ def _sentiment_card(opts, params, summary, history, selection, evaluation, info)
 
 SELECTION_NOTES = """\
 Every choice was made on the validation split (whole films held out of fit), never on the
-test set or the probe set: the epoch (early stopping on validation accuracy), the temperature
+test set or the probe set: the n-gram part's L2 strength (validation accuracy of that part
+alone), the epoch (early stopping on validation accuracy), the temperature
 T = {temperature:.3f} (validation log loss) and the threshold. The served threshold stays 0.5:
 on validation the best threshold is {val_best_threshold:.3f} with accuracy
 {val_best_threshold_accuracy:.4f}, against {val_accuracy:.4f} at 0.5, too close to justify a
