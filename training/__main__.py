@@ -9,6 +9,7 @@ import sys
 
 def _parser() -> argparse.ArgumentParser:
     from training.pipeline import MODELS
+    from training.sentiment_model import ARCHITECTURE_DEFAULTS, DEFAULT_ARCHITECTURE
 
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -17,9 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repository", default="models", help="model repository to write (default: models)")
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 epoch, no accuracy gates (also QUICK=1)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    p.add_argument("--sentiment-architecture", default="bilstm_ngram",
-                   choices=("bilstm_ngram", "ngram", "bilstm_bigram", "bilstm", "cnn", "bigram_bag"),
-                   help="sentiment model body (default: bilstm_ngram)")
+    p.add_argument("--sentiment-architecture", default=DEFAULT_ARCHITECTURE, choices=sorted(ARCHITECTURE_DEFAULTS),
+                   help=f"sentiment model body (default: {DEFAULT_ARCHITECTURE})")
     p.add_argument("--epochs-mnist", type=int, default=None, help="override the MNIST epoch count")
     p.add_argument("--epochs-sentiment", type=int, default=None, help="override the sentiment epoch count")
     return parser

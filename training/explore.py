@@ -27,7 +27,8 @@ def _value(text: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.explore", description=__doc__)
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--architecture", default="bilstm_ngram")
+    parser.add_argument("--architecture", default=sentiment_model.DEFAULT_ARCHITECTURE,
+                        choices=sorted(sentiment_model.ARCHITECTURE_DEFAULTS))
     parser.add_argument("--train-limit", type=int, default=None, help="stratified subset of training reviews")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a SentimentParams field (JSON value), e.g. chunks_per_review=0")

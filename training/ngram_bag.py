@@ -1,11 +1,12 @@
-"""A linear model over the set of words and word pairs in a text, as one Keras layer.
+"""A linear model over the set of words, word pairs and word triples in a text, as one
+Keras layer, and the logistic regression that fits it.
 
 On film-grouped validation a logistic regression over *binary* word and word-pair features
 (present or not) reads IMDB reviews better than a mean of n-gram embeddings (0.901 against
-0.885 for mean-pooled counts, both tuned), and Naive-Bayes log-count ratios as the starting
-point add half a point more (NBSVM, Wang & Manning 2012). This module gives the sentiment
-model that path in graph form: hashed word pairs, each n-gram counted once per text, one
-weight per n-gram, initialized from the fit split's log-count ratios.
+0.885 for mean-pooled counts, both tuned), and scaling each feature by its Naive-Bayes
+log-count ratio adds half a point more (NBSVM, Wang & Manning 2012). This module gives the
+sentiment model that path in graph form: hashed pairs and triples, each n-gram counted once
+per text, one weight per n-gram, fitted in numpy (:func:`fit_nb_logistic`).
 
 Everything is plain tensor ops (TopK, Equal, Where, Mul, ReduceSum, Gather, Mod) so the layer
 exports to ONNX without custom ops and the server needs no extra preprocessing.
@@ -50,8 +51,8 @@ def _distinct_sum(table, ids, valid):
 
 def binary_ngram_logit(vocab: int, buckets: int, triples: bool = True, name: str = "ngram_logit"):
     """Layer: int ids (batch, tokens; 0 = padding) -> (batch, 1) sum of the weights of the
-    distinct words and distinct hashed word pairs in each row. Defined lazily (no
-    TensorFlow at import)."""
+    distinct words, hashed word pairs and (with ``triples``) hashed triples in each row.
+    Defined lazily (no TensorFlow at import)."""
     from keras import layers, ops
 
     class BinaryNgramLogit(layers.Layer):
@@ -99,8 +100,9 @@ def log_count_ratios(columns_of, owners, labels, n_cols: int, alpha: float = 1.0
 
 
 def _distinct_ngrams(rows, vocab: int, buckets: int, triples: bool):
-    """(column index per entry, row per entry) of each row's distinct words and pairs, pairs
-    offset by ``vocab`` so both live in one column space (the layer's two tables, stacked)."""
+    """(column index per entry, row per entry) of each row's distinct words, pairs and
+    triples in one column space: the layer's tables stacked (pairs offset by ``vocab``,
+    triples by ``vocab + buckets``)."""
     columns, owners = [], []
     for r, row in enumerate(rows):
         ids = row[row != 0].astype(np.int64)
@@ -115,12 +117,26 @@ def _distinct_ngrams(rows, vocab: int, buckets: int, triples: bool):
     return np.concatenate(columns), np.concatenate(owners)
 
 
-class SparseBinary:
-    """Rows of binary n-gram features, scaled per column (NB ratios), for logistic regression."""
+class NgramRows:
+    """The distinct n-gram columns of padded id rows, found once and reused (the fit for
+    every L2 strength, the scoring of every candidate)."""
 
-    def __init__(self, rows, labels, vocab: int, buckets: int, triples: bool):
+    def __init__(self, rows, vocab: int, buckets: int, triples: bool):
         self.n_rows, self.n_cols = len(rows), columns(vocab, buckets, triples)
         self.columns, self.owners = _distinct_ngrams(rows, vocab, buckets, triples)
+
+    def logits(self, table: np.ndarray, bias: float) -> np.ndarray:
+        """What the layer computes for these rows, plus ``bias``."""
+        return np.bincount(self.owners, weights=table[self.columns].astype(np.float64),
+                           minlength=self.n_rows) + bias
+
+
+class SparseBinary:
+    """Binary n-gram features of labelled rows, scaled per column by their NB ratios."""
+
+    def __init__(self, ngrams: NgramRows, labels):
+        self.n_rows, self.n_cols = ngrams.n_rows, ngrams.n_cols
+        self.columns, self.owners = ngrams.columns, ngrams.owners
         self.scale = log_count_ratios(self.columns, self.owners, labels, self.n_cols)
         self.values = self.scale[self.columns]
 
@@ -180,19 +196,16 @@ def lbfgs(value_and_grad, theta: np.ndarray, iterations: int = 150, memory: int 
     return theta
 
 
-def fit_nb_logistic(rows, targets, vocab: int, buckets: int, triples: bool, l2: float,
-                    iterations: int = 150):
-    """NBSVM-style logistic regression over distinct words and pairs (targets in [0, 1]).
+def fit_nb_logistic(data: SparseBinary, targets, l2: float, iterations: int = 150):
+    """NBSVM-style logistic regression over distinct n-grams (targets in [0, 1]).
 
     Returns (table, bias): the effective weight of every column (the learned weight times its
     NB ratio; words, then pairs, then triples), for :func:`binary_ngram_logit`'s tables.
     """
-    data = SparseBinary(rows, targets, vocab, buckets, triples)
     theta = lbfgs(_objective(data, np.asarray(targets, np.float64), l2), np.zeros(data.n_cols + 1), iterations)
     return (theta[:-1] * data.scale).astype(np.float32), float(theta[-1])
 
 
 def score(rows, table: np.ndarray, bias: float, vocab: int, buckets: int, triples: bool) -> np.ndarray:
-    """The layer's logit plus ``bias`` for padded id rows, in numpy (selection and tests)."""
-    cols, owners = _distinct_ngrams(rows, vocab, buckets, triples)
-    return np.bincount(owners, weights=table[cols].astype(np.float64), minlength=len(rows)) + bias
+    """The layer's logit plus ``bias`` for padded id rows, in numpy."""
+    return NgramRows(rows, vocab, buckets, triples).logits(table, bias)

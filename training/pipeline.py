@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training import datasets, export, plots, quantize, repository
-from training import mnist_model
+from training import mnist_model, sentiment_model
 
 SEED = 1337
 # Release gates on the full test sets (quick mode skips them, never the parity check).
@@ -44,7 +44,7 @@ class Options:
     quick: bool = False
     models: tuple[str, ...] = MODELS
     epochs: dict = field(default_factory=dict)  # model name -> epoch override
-    sentiment_architecture: str = "bilstm_ngram"
+    sentiment_architecture: str = sentiment_model.DEFAULT_ARCHITECTURE
 
     @property
     def verbose(self) -> int:

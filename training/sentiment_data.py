@@ -100,14 +100,28 @@ def _is_negated(words: list[str], i: int) -> bool:
     return any(w in NEGATORS or w.endswith("n't") for w in words[max(0, i - 3):i])
 
 
-def opinion_words(texts, labels, min_count: int = 30, threshold: float = 0.5) -> dict[str, int]:
-    """{word: 1 positive / 0 negative}: words whose smoothed log-odds of appearing (not
-    negated) in positive vs negative training reviews exceeds ``threshold``, plus SEED_OPINIONS."""
+def opinion_counts(texts, labels):
+    """(negative counts, positive counts, reviews of each label): per word, the number of
+    reviews it appears in, not negated. One pass; :func:`select_opinions` reads it."""
     counts = [collections.Counter(), collections.Counter()]
     for text, label in zip(texts, labels):
         words = split_words(normalize(text))
         counts[int(label)].update({w for i, w in enumerate(words) if not _is_negated(words, i)})
-    n_pos, n_neg = max(1, int(np.sum(labels))), max(1, len(labels) - int(np.sum(labels)))
+    n_pos = int(np.sum(labels))
+    return counts[0], counts[1], (len(labels) - n_pos, n_pos)
+
+
+def opinion_words(texts, labels, min_count: int = 30, threshold: float = 0.5) -> dict[str, int]:
+    """{word: 1 positive / 0 negative}: words whose smoothed log-odds of appearing (not
+    negated) in positive vs negative training reviews exceeds ``threshold``, plus SEED_OPINIONS."""
+    return select_opinions(opinion_counts(texts, labels), min_count, threshold)
+
+
+def select_opinions(stats, min_count: int, threshold: float) -> dict[str, int]:
+    """:func:`opinion_words` from the counts of :func:`opinion_counts`."""
+    neg_counts, pos_counts, (n_neg, n_pos) = stats
+    counts = [neg_counts, pos_counts]
+    n_pos, n_neg = max(1, n_pos), max(1, n_neg)
     out = {}
     for word in set(counts[0]) | set(counts[1]):
         pos, neg = counts[1][word], counts[0][word]

@@ -18,12 +18,15 @@ from server.tokenizer import Tokenizer, TokenizerConfig, build_vocabulary
 from training import sentiment_data, sentiment_ngram
 
 
+DEFAULT_ARCHITECTURE = "bilstm_ngram"
+
+
 @dataclass
 class SentimentParams:
     # "bilstm_ngram" (shipped): Embedding -> BiLSTM -> max pooling, beside a linear model over
     # the set of words and word pairs (training.ngram_bag); "ngram": that linear part alone;
     # "bilstm_bigram": BiLSTM beside a mean of n-gram embeddings; "bilstm", "cnn", "bigram_bag".
-    architecture: str = "bilstm_ngram"
+    architecture: str = DEFAULT_ARCHITECTURE
     epochs: int = 4
     batch_size: int = 32
     vocab_size: int = 20000  # words, not counting the padding and OOV ids
@@ -73,7 +76,7 @@ ARCHITECTURE_DEFAULTS = {
 }
 
 
-def default_params(architecture: str = "bilstm_ngram") -> SentimentParams:
+def default_params(architecture: str = DEFAULT_ARCHITECTURE) -> SentimentParams:
     if architecture not in ARCHITECTURE_DEFAULTS:
         raise ValueError(f"unknown architecture {architecture!r}; use one of {sorted(ARCHITECTURE_DEFAULTS)}")
     return SentimentParams(architecture=architecture, **ARCHITECTURE_DEFAULTS[architecture])
@@ -257,9 +260,10 @@ def prepare(data, params: SentimentParams, seed: int):
     val_texts, val_labels = _take(train_texts, val_idx), train_labels[val_idx]
     tokenizer = make_tokenizer(fit_texts, params)
     params.vocab_size = len(tokenizer.vocabulary)  # may be smaller on tiny subsets
-    polarity = sentiment_data.opinion_words(fit_texts, fit_labels, min_count=max(3, len(fit_texts) // 750))
-    strong = sentiment_data.opinion_words(fit_texts, fit_labels, min_count=max(5, len(fit_texts) // 250),
-                                          threshold=1.0)
+    # Opinion words for the negation rules, and the strongest of them for the lexicon phrases.
+    stats = sentiment_data.opinion_counts(fit_texts, fit_labels)
+    polarity = sentiment_data.select_opinions(stats, max(3, len(fit_texts) // 750), 0.5)
+    strong = sentiment_data.select_opinions(stats, max(5, len(fit_texts) // 250), 1.0)
     vocabulary = set(tokenizer.vocabulary)
     # The validation short examples use the default recipe whatever the fit recipe, so that
     # variants (even one without short fit examples) are compared on the same examples.
@@ -273,10 +277,13 @@ def prepare(data, params: SentimentParams, seed: int):
                  defaults.negated_fraction, defaults.contrast_fraction, defaults.neutral_fraction,
                  defaults.lexicon_fraction, strong)}
     short_fit = short["fit"] if params.chunks_per_review else ([], np.zeros(0, np.float32), [])
+    fit = encode_by_bucket(tokenizer, fit_texts + short_fit[0],
+                           np.concatenate([fit_labels.astype(np.float32), short_fit[1]]))
+    reviews = {bucket: (x[idx < len(fit_texts)], y[idx < len(fit_texts)], idx[idx < len(fit_texts)])
+               for bucket, (x, y, idx) in fit.items() if (idx < len(fit_texts)).any()}
     sets = {
-        "fit": encode_by_bucket(tokenizer, fit_texts + short_fit[0],
-                                np.concatenate([fit_labels.astype(np.float32), short_fit[1]])),
-        "fit_reviews": encode_by_bucket(tokenizer, fit_texts, fit_labels),
+        "fit": fit,
+        "fit_reviews": reviews,  # the reviews alone (the n-gram part's fit), not tokenized again
         "val": encode_by_bucket(tokenizer, val_texts, val_labels),
         "val_short": encode_by_bucket(tokenizer, short["val"][0], short["val"][1]),
         "test": encode_by_bucket(tokenizer, test_texts, test_labels),

@@ -47,10 +47,12 @@ def fit_ngram_part(model, sets: dict, params) -> dict:
     fit_rows, fit_labels = _rows(sets["fit_reviews"])
     val_rows, val_labels = _rows(sets["val"])
     shape = (params.vocab_size + 2, params.pair_buckets, params.ngram_triples)
+    fit = ngram_bag.SparseBinary(ngram_bag.NgramRows(fit_rows, *shape), fit_labels)
+    val = ngram_bag.NgramRows(val_rows, *shape)
     trials = []
     for l2 in params.ngram_l2_grid:
-        table, bias = ngram_bag.fit_nb_logistic(fit_rows, fit_labels, *shape, l2=l2)
-        accuracy = float(np.mean((ngram_bag.score(val_rows, table, bias, *shape) > 0) == (val_labels == 1)))
+        table, bias = ngram_bag.fit_nb_logistic(fit, fit_labels, l2=l2)
+        accuracy = float(np.mean((val.logits(table, bias) > 0) == (val_labels == 1)))
         trials.append((accuracy, -l2, l2, table, bias))
         print(f"n-gram part: L2 {l2:g} -> validation accuracy {accuracy:.4f}", flush=True)
     accuracy, _, l2, table, bias = max(trials, key=lambda t: t[:2])  # ties: the stronger L2

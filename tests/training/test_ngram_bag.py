@@ -61,8 +61,9 @@ def test_logistic_regression_separates_and_shrinks_with_l2():
         rows.append(np.array([0, 0] + [int(w) for w in rng.permutation(words)], dtype=np.int32))
         labels.append(label)
     labels = np.array(labels, dtype=np.float64)
-    weak, bias = nb.fit_nb_logistic(rows, labels, VOCAB, BUCKETS, True, l2=1e-4)
-    strong, _ = nb.fit_nb_logistic(rows, labels, VOCAB, BUCKETS, True, l2=1e-1)
+    data = nb.SparseBinary(nb.NgramRows(rows, VOCAB, BUCKETS, True), labels)
+    weak, bias = nb.fit_nb_logistic(data, labels, l2=1e-4)
+    strong, _ = nb.fit_nb_logistic(data, labels, l2=1e-1)
     accuracy = np.mean((nb.score(rows, weak, bias, VOCAB, BUCKETS, True) > 0) == (labels == 1))
     assert accuracy == 1.0
     assert weak[2] > 0 > weak[4]
