@@ -76,7 +76,7 @@ RUN --mount=type=secret,id=pipca \
     if PYTHONPATH=/opt/app /opt/venv/bin/python -c "import tensorflow" 2>/dev/null; then \
         echo "tensorflow must not be in the serving image" >&2; exit 1; \
     fi; \
-    PYTHONPATH=/opt/app /opt/venv/bin/python -c "import server.transport.app, onnxruntime"
+    PYTHONPATH=/opt/app /opt/venv/bin/python -c "import server.app, onnxruntime"
 
 # ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime

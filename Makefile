@@ -45,11 +45,11 @@ proto: $(VENV)/.dev
 # Worker counts to sweep (server --workers): 1 = one process, 2 = supervisor + 2 workers.
 BENCH_WORKERS ?= 1,2
 bench: $(VENV)/.dev
-	$(PY) -m server.bench --model-repository $(MODEL_REPOSITORY) --workers $(BENCH_WORKERS)
+	$(PY) -m tools.bench --model-repository $(MODEL_REPOSITORY) --workers $(BENCH_WORKERS)
 
 # The cost of each stage of one request, in-process (no network): where the CPU goes.
 pathbench: $(VENV)/.serve
-	$(PY) -m server.pathbench --model-repository $(MODEL_REPOSITORY)
+	$(PY) -m tools.pathbench --model-repository $(MODEL_REPOSITORY)
 
 # Interleaved rounds against Triton and the do-nothing server of ../shared/peers
 # (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
@@ -59,16 +59,16 @@ peer-compare: $(VENV)/.dev
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
 .PHONY: bench-rest
 bench-rest: $(VENV)/.dev
-	$(PY) -m server.rest_bench --model-repository $(MODEL_REPOSITORY) --rounds 3
+	$(PY) -m tools.rest_bench --model-repository $(MODEL_REPOSITORY) --rounds 3
 
 SOAK_DURATION_S ?= 600
 soak: $(VENV)/.serve
-	$(PY) -m server.soak --model-repository $(MODEL_REPOSITORY) --duration-s $(SOAK_DURATION_S)
+	$(PY) -m tools.soak --model-repository $(MODEL_REPOSITORY) --duration-s $(SOAK_DURATION_S)
 
 # Attacks a fresh server (huge, lying and heavy requests, scrapes, HTTP/2 floods, idle
 # connections) and prints the harm to bystander clients; exit 1 when a goal is missed.
 abuse: $(VENV)/.dev
-	$(PY) -m server.abuse --model-repository $(MODEL_REPOSITORY)
+	$(PY) -m tools.abuse --model-repository $(MODEL_REPOSITORY)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -20,12 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     from server.config import effective_workers
     if config.worker_index < 0 and effective_workers(config) >= 2:
         # Several serving processes: this one supervises and never imports gRPC or ORT.
-        from server.supervisor import supervise
+        from server.cluster.supervisor import supervise
         return supervise(config, list(sys.argv[1:] if argv is None else argv))
     if config.worker_index >= 0:
-        from server.supervisor import die_with_parent
+        from server.cluster.supervisor import die_with_parent
         die_with_parent()
-    from server.transport.app import serve
+    from server.app import serve
 
     loop_factory = None
     try:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     except ImportError:
         pass
-    from server.errors import StartupError
+    from server.core.errors import StartupError
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(config))

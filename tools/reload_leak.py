@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from server.protocol import grpc_service_pb2 as pb  # noqa: E402
 from server.protocol import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from server.soak import Server, mnist_request, sentiment_request  # noqa: E402
+from tools.soak import Server, mnist_request, sentiment_request  # noqa: E402
 
 
 def threads(pid: int) -> int:

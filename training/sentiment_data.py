@@ -28,7 +28,7 @@ import re
 
 import numpy as np
 
-from server.tokenizer import normalize, split_words
+from server.core.tokenizer import normalize, split_words
 
 # Function words that carry no opinion on their own (negators deliberately excluded).
 STOP_WORDS = (

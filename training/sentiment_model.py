@@ -1,7 +1,7 @@
 """IMDB review sentiment models (Keras 3): BiLSTM beside a bag of word pairs (default),
 plain BiLSTM, Conv1D or the bag alone.
 
-Every example is tokenized with ``server.tokenizer`` and pre-padded to ITS bucket
+Every example is tokenized with ``server.core.tokenizer`` and pre-padded to ITS bucket
 length; batches only hold examples of one bucket. The server does exactly the same,
 so a review scores identically alone or in a batch, and training sees the same
 padding statistics as serving.
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from server.tokenizer import Tokenizer, TokenizerConfig, build_vocabulary
+from server.core.tokenizer import Tokenizer, TokenizerConfig, build_vocabulary
 from training import sentiment_data, sentiment_ngram
 
 

@@ -188,7 +188,7 @@ def _sentiment_card(opts, params, summary, history, selection, evaluation, info)
                  interface={"served_input": "`text` TYPE_STRING dims [1] (+ batch): one raw text, UTF-8",
                             "served_output": "`probability` TYPE_FP32 dims [1]: P(positive), calibrated",
                             "onnx": "`token_ids` int32 [batch,tokens] -> `probability` float32 [batch,1]",
-                            "preprocessing": "server.tokenizer with tokenizer.json + vocab.txt: normalize, "
+                            "preprocessing": "server.core.tokenizer with tokenizer.json + vocab.txt: normalize, "
                                              f"split words, ids (0 pad, 1 OOV), keep the last {params.max_tokens} "
                                              f"tokens, pre-pad to the smallest bucket of {list(params.buckets)}"},
                  data_text="IMDB Large Movie Review Dataset v1.0, labelled train (25,000) / test (25,000) reviews, "

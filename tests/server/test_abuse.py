@@ -16,8 +16,8 @@ import pytest
 from server.config import load_config
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-from server.transport import app
-from server.transport.handlers import Incoming
+from server import app
+from server.grpc.handlers import Incoming
 from tests.server.loadkit import copy_mnist
 from tests.server.wire import image_request, output, text_request
 
@@ -188,7 +188,7 @@ def test_a_request_failed_in_the_queue_leaves_no_reference_cycle(mnist_repo):
     until the cyclic GC."""
     import time
 
-    from server.errors import DeadlineExceededError
+    from server.core.errors import DeadlineExceededError
 
     async def scenario():
         async with _in_process(mnist_repo) as running:

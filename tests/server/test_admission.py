@@ -1,13 +1,13 @@
-"""server.admission and the budgeted request deserializer (transport.handlers)."""
+"""server.core.admission and the budgeted request deserializer (transport.handlers)."""
 
 from __future__ import annotations
 
 import gc
 
-from server.admission import ByteBudget
-from server.errors import InvalidInputError, OverloadedError
+from server.core.admission import ByteBudget
+from server.core.errors import InvalidInputError, OverloadedError
 from server.protocol import grpc_service_pb2 as pb
-from server.transport.handlers import request_deserializer
+from server.grpc.handlers import request_deserializer
 
 
 def _message(nbytes: int) -> bytes:
@@ -66,7 +66,7 @@ def test_an_undecodable_message_becomes_invalid_input_and_holds_nothing():
 def test_large_releases_trim_the_heap_off_the_loop():
     import asyncio
 
-    from server.memory import LARGE_REQUEST_BYTES, HeapTrimmer, _malloc_trim
+    from server.core.memory import LARGE_REQUEST_BYTES, HeapTrimmer, _malloc_trim
 
     if _malloc_trim() is None:
         import pytest

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.errors import ModelLoadError
-from server.model import ModelVersion
+from server.core.errors import ModelLoadError
+from server.core.model import ModelVersion
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-from server.repository import READY, UNAVAILABLE, ModelEntry, ModelRepository
-from server.runtime import RuntimeOptions
+from server.core.repository import READY, UNAVAILABLE, ModelEntry, ModelRepository
+from server.core.runtime import RuntimeOptions
 from tests.conftest import ServerProcess
 from tests.server import onnx_models as om
 from tests.server.loadkit import metric, scrape, tracebacks, wait_until

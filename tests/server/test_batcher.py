@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from server.batcher import DynamicBatcher
-from server.errors import DeadlineExceededError, InternalError, QueueFullError
+from server.core.batcher import DynamicBatcher
+from server.core.errors import DeadlineExceededError, InternalError, QueueFullError
 
 
 class Recorder:

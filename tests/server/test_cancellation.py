@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server.batcher import DynamicBatcher
+from server.core.batcher import DynamicBatcher
 from server.protocol import grpc_service_pb2 as pb
 from tests.conftest import ServerProcess
 from tests.server.loadkit import (MnistReference, aio_stub, distinct_images, fd_count, metric,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
-from server.tokenizer import Tokenizer
+from server.core.tokenizer import Tokenizer
 from tests.server.wire import image_request, mnist_images, ort_session, output, text_request
 
 

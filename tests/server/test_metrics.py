@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from server.metrics import LATENCY_BUCKETS, LoopHistogram
+from server.observability.metrics import LATENCY_BUCKETS, LoopHistogram
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess

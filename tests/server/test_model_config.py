@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import ModelLoadError
-from server.model_config import read_model_config
+from server.core.errors import ModelLoadError
+from server.core.model_config import read_model_config
 
 GOOD = """
 name: "digits"

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from server.errors import ModelLoadError
-from server.preprocess import build_text_preprocessor
+from server.core.errors import ModelLoadError
+from server.core.preprocess import build_text_preprocessor
 
 PARAMS = {"text_preprocessor": "custom.json", "text_preprocessor_output": "token_ids"}
 

@@ -20,10 +20,10 @@ import grpc
 import numpy as np
 import pytest
 
-from server.errors import DeadlineExceededError
+from server.core.errors import DeadlineExceededError
 from server.protocol import grpc_service_pb2 as pb
-from server.repository import ModelRepository
-from server.runtime import RuntimeOptions
+from server.core.repository import ModelRepository
+from server.core.runtime import RuntimeOptions
 from tests.conftest import ServerProcess
 from tests.server.loadkit import aio_stub, copy_mnist, rss_bytes, tracebacks, wait_until
 from tests.server.wire import image_request, mnist_images

@@ -9,13 +9,13 @@ import grpc
 import numpy as np
 import pytest
 
-from server import errors
-from server.errors import InvalidInputError
+from server.core import errors
+from server.core.errors import InvalidInputError
 from server.protocol import model_config_pb2 as mc
-from server.transport.http import codec
-from server.transport.http.protojson import to_json
-from server.transport.http.status import http_status_for
-from server.transport.status import status_for
+from server.rest import codec
+from server.rest.protojson import to_json
+from server.rest.status import http_status_for
+from server.kserve.status import status_for
 
 
 def _binary_request(inputs: list[tuple[dict, bytes]], **doc) -> tuple[bytes, str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
-from server.transport.http.status import HTTP_FOR_GRPC
+from server.rest.status import HTTP_FOR_GRPC
 from tests.conftest import ServerProcess
 from tests.server.restkit import call, call_json, image_infer_body
 from tests.server.test_security import (API_HEADER, API_SECRET, MAX_MESSAGE,  # noqa: F401

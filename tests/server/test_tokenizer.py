@@ -1,4 +1,4 @@
-"""server.tokenizer: normalization, vocabulary, truncation, bucketing, padding, persistence."""
+"""server.core.tokenizer: normalization, vocabulary, truncation, bucketing, padding, persistence."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from server.tokenizer import (  # noqa: E402
+from server.core.tokenizer import (  # noqa: E402
     OOV_ID, PAD_ID, Tokenizer, TokenizerConfig, build_vocabulary, normalize, split_words,
 )
 
@@ -130,8 +130,8 @@ def test_unknown_config_key_rejected(tmp_path):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import server.tokenizer as tokenizer_module  # noqa: E402
-from server.tokenizer import last_words, max_window_chars  # noqa: E402
+import server.core.tokenizer as tokenizer_module  # noqa: E402
+from server.core.tokenizer import last_words, max_window_chars  # noqa: E402
 
 # Pieces that stress every rule a cut could break: tags (also ones crossing a cut),
 # NFKC expansion (U+FDFA becomes four words), combining marks, final sigma, apostrophes.

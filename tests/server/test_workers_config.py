@@ -8,7 +8,7 @@ import os
 import pytest
 
 from server.config import effective_workers, load_config
-from server.supervisor import threads_per_worker
+from server.cluster.supervisor import threads_per_worker
 
 
 def test_workers_default_flag_and_environment(models_dir):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from server.metrics_merge import merge
+from server.cluster.metrics_merge import merge
 from server.protocol import grpc_service_pb2 as pb
-from server.transport.stats_merge import merge_statistics
+from server.cluster.stats_merge import merge_statistics
 
 
 def _stats(name, version, count, ns, last, batches):

@@ -1,7 +1,7 @@
 """The COMMITTED models in models/ reach their targets on the full test sets.
 
 Serving-side only: ONNX Runtime on CPU + numpy + the loaders' npz/tar paths +
-server.tokenizer with the committed vocab.txt/tokenizer.json. No TensorFlow.
+server.core.tokenizer with the committed vocab.txt/tokenizer.json. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def test_mnist_full_test_set_accuracy(mnist_dir):
 
 
 def test_sentiment_full_test_set_accuracy(imdb):
-    from server.tokenizer import Tokenizer
+    from server.core.tokenizer import Tokenizer
 
     session = _session("sentiment")
     tokenizer = Tokenizer.from_directory(REPOSITORY / "sentiment" / "1")
@@ -92,7 +92,7 @@ def test_committed_card_parity(name):
 
 
 def test_serving_path_needs_no_tensorflow():
-    code = ("import sys, server.tokenizer, training.datasets, onnxruntime; "
+    code = ("import sys, server.core.tokenizer, training.datasets, onnxruntime; "
             "assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules), 'TF imported'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
@@ -109,7 +109,7 @@ def test_committed_sentiment_runs_a_native_lstm():
 
 
 def _scores(name, texts):
-    from server.tokenizer import Tokenizer
+    from server.core.tokenizer import Tokenizer
     from training.text_eval import score_texts
 
     session = _session(name)

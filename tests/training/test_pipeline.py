@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("keras", reason="the pipeline test needs the train extra (TensorFlow/Keras)")
 
-from server.tokenizer import Tokenizer  # noqa: E402
+from server.core.tokenizer import Tokenizer  # noqa: E402
 from training import datasets, export, pipeline  # noqa: E402
 from training.mnist_model import preprocess  # noqa: E402
 

@@ -1,0 +1,198 @@
+"""``python -m server.client``: ask a running server about digits and reviews.
+
+    python -m server.client mnist digit.png [more.jpg ...]
+    python -m server.client sentiment "a wonderful film" "a dull one"
+    cat reviews.txt | python -m server.client sentiment      # one text per line (or "-")
+
+Speaks the KServe v2 gRPC protocol through this package's own stubs and plain grpcio
+(no tritonclient), so it runs from the serving install; reading images needs Pillow
+(the ``client`` extra). Every failure is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+
+from server.protocol import grpc_service_pb2 as pb
+from server.protocol import grpc_service_pb2_grpc as pb_grpc
+
+DEFAULT_URL = "localhost:8001"
+TEXT_CHUNK = 32  # texts per request when reading many lines (below max_batch_size)
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class ClientError(Exception):
+    """A failure worth one clear line to the user."""
+
+
+@dataclass
+class Connection:
+    url: str
+    timeout_s: float
+    stub: pb_grpc.GRPCInferenceServiceStub
+
+    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        try:
+            return self.stub.ModelInfer(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ClientError(describe_rpc_error(exc, self.url, self.timeout_s)) from None
+
+
+def describe_rpc_error(exc: grpc.RpcError, url: str, timeout_s: float) -> str:
+    code, details = exc.code(), (exc.details() or "").strip()
+    if code == grpc.StatusCode.UNAVAILABLE and _unreachable(details):
+        reason = details.splitlines()[0].rsplit(":", 1)[-1].strip(" ]") if details else "no reply"
+        return f"cannot reach server at {url}: is it running? ({reason})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {url} within {timeout_s:g} s (raise --timeout?)"
+    return f"server at {url} answered {code.name}: {details}"
+
+
+def _unreachable(details: str) -> bool:
+    lowered = details.lower()
+    return any(s in lowered for s in ("connect", "dns", "resolv", "lookup", "unreachable", "refused"))
+
+
+def connect(url: str, timeout_s: float, ca_file: Path | None = None) -> Connection:
+    target = url.split("://", 1)[-1].rstrip("/")
+    if ca_file is not None or url.startswith("grpcs://"):
+        try:
+            roots = ca_file.read_bytes() if ca_file else None
+        except OSError as exc:
+            raise ClientError(f"cannot read --ca-file {str(ca_file)!r}: {exc.strerror}") from None
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
+    else:
+        channel = grpc.insecure_channel(target)
+    return Connection(url, timeout_s, pb_grpc.GRPCInferenceServiceStub(channel))
+
+
+def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
+    for index, tensor in enumerate(response.outputs):
+        if tensor.name == name:
+            shape = tuple(tensor.shape)
+            if response.raw_output_contents:
+                raw = response.raw_output_contents[index]
+                return np.frombuffer(raw, dtype=np.float32).reshape(shape)
+            return np.asarray(tensor.contents.fp32_contents, np.float32).reshape(shape)
+    names = [t.name for t in response.outputs]
+    raise ClientError(f"the server's answer has no output {name!r} (it sent {names}); "
+                      "is this the right model?")
+
+
+# ---- mnist ----------------------------------------------------------------------------
+def classify_digits(conn: Connection, model: str, paths: Sequence[Path]) -> list[str]:
+    from server.client.images import ImageError, load_digit
+
+    try:
+        images = np.stack([load_digit(p) for p in paths])
+    except ImageError as exc:
+        raise ClientError(str(exc)) from None
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="image", datatype="FP32", shape=list(images.shape))
+    request.raw_input_contents.append(images.astype(np.float32).tobytes())
+    probabilities = output_array(conn.infer(request), "probabilities")
+    return [_digit_line(path, row) for path, row in zip(paths, probabilities)]
+
+
+def _digit_line(path: Path, probabilities: np.ndarray) -> str:
+    top = np.argsort(probabilities)[::-1][:3]
+    best, *others = top
+    rest = ", ".join(f"{d} ({probabilities[d]:.1%})" for d in others)
+    return f"{path}: {best} ({probabilities[best]:.1%})   next: {rest}"
+
+
+# ---- sentiment ------------------------------------------------------------------------
+def score_texts(conn: Connection, model: str, texts: Iterable[str]) -> Iterator[str]:
+    for chunk in _chunks(texts, TEXT_CHUNK):
+        request = pb.ModelInferRequest(model_name=model)
+        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(chunk), 1])
+        tensor.contents.bytes_contents.extend(t.encode("utf-8") for t in chunk)
+        positive = output_array(conn.infer(request), "probability").reshape(-1)
+        for text, p in zip(chunk, positive):
+            label, confidence = ("positive", p) if p >= 0.5 else ("negative", 1.0 - p)
+            yield f"{label}  {confidence:6.1%}  {_shorten(text)}"
+
+
+def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for text in texts:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _shorten(text: str, width: int = 70) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def _stdin_lines() -> Iterator[str]:
+    for line in sys.stdin:
+        if line.strip():
+            yield line.rstrip("\n")
+
+
+# ---- command line ---------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server.client",
+        description="Ask an onnx-serve (or any KServe v2 gRPC) server about handwritten "
+                    "digits and movie reviews.")
+    parser.add_argument("--url", default=DEFAULT_URL,
+                        help=f"server gRPC address host:port (default {DEFAULT_URL}; "
+                             "grpcs://host:port for TLS)")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for each answer (default 10)")
+    parser.add_argument("--ca-file", type=Path, default=None,
+                        help="PEM CA bundle to verify a TLS server (implies TLS)")
+    parser.add_argument("--model", default=None,
+                        help="model name on the server (default: the command's name)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    digits = commands.add_parser("mnist", help="classify images of handwritten digits")
+    digits.add_argument("images", nargs="+", type=Path,
+                        help="PNG/JPEG files: any size, dark-on-light or light-on-dark")
+    text = commands.add_parser(
+        "sentiment", help="positive or negative: prints the label and its probability")
+    text.add_argument("texts", nargs="*",
+                      help="texts to score; none or '-' reads one text per line from stdin")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise ClientError(f"--timeout must be > 0, got {args.timeout!r}")
+    conn = connect(args.url, args.timeout, args.ca_file)
+    model = args.model or args.command
+    if args.command == "mnist":
+        for line in classify_digits(conn, model, args.images):
+            print(line)
+        return 0
+    texts = _stdin_lines() if args.texts in ([], ["-"]) else iter(args.texts)
+    for line in score_texts(conn, model, texts):
+        print(line, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

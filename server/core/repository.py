@@ -1,0 +1,456 @@
+"""The model repository: finds model folders, loads their versions, routes requests.
+
+Triton layout: ``<root>/<model>/config.pbtxt`` and ``<root>/<model>/<version>/model.onnx``.
+A (re)load builds and warms the new versions off to the side and then swaps them in
+at once: requests already running finish on the old versions, which then drain and
+close. A failed load leaves what was serving in place and records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.core.errors import (ModelLoadError, ModelNotFoundError, ModelNotReadyError,
+                           RepositoryError, ServingError)
+from server.core.model import ModelVersion
+from server.core.model_config import CONFIG_FILE, read_model_config
+from server.core.runtime import RuntimeOptions, error_summary
+
+log = logging.getLogger("server.core.repository")
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+
+@dataclass
+class ModelEntry:
+    """Routing state of one model name: its serving versions and why it is not ready."""
+
+    name: str
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+    state: str = UNAVAILABLE
+    reason: str = "not loaded"
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    fingerprint: tuple = ()
+    load_failures: int = 0
+    # Counts for readiness (ModelRepository.all_ready): loaded once, or named at start-up.
+    # A load that fails at run time does not set it; unload clears it.
+    wanted: bool = False
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class ModelRepository:
+    def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0,
+                 require_models: bool = True):
+        self.root = root.resolve()
+        # Ready needs at least one model unless the operator loads models explicitly.
+        self._require_models = require_models
+        self._options = options
+        self._drain_timeout_s = drain_timeout_s
+        self._entries: dict[str, ModelEntry] = {}
+        self._retired: set[asyncio.Task] = set()
+        self._discovered: tuple[str, ...] = ()  # model folders found by the last scan
+        self.listeners: list = []  # callables(event, name, version, seconds, reason)
+        # Coroutine functions awaited after every load or unload, failed ones included,
+        # before the call returns: the server's health status follows readiness this way.
+        self.on_change: list = []
+
+    # ---- discovery --------------------------------------------------------------------
+    def model_dir(self, name: str) -> Path:
+        """The folder of model ``name``, refusing anything that leaves the repository."""
+        if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+            raise RepositoryError(f"model name {name!r} is not allowed: use letters, digits, "
+                                  "'_', '-' and '.', starting with a letter or digit")
+        path = self.root / name
+        resolved = path.resolve()
+        if resolved.parent != self.root:
+            raise RepositoryError(f"model {name!r} resolves outside the model repository; "
+                                  "symbolic links leading out are refused")
+        return path
+
+    def _inside(self, name: str, path: Path) -> bool:
+        """False (and a warning) for a file or folder that a symlink leads out of the repository."""
+        if path.resolve().is_relative_to(self.root):
+            return True
+        log.warning("model %s: %s leads outside the repository; ignored", name, path)
+        return False
+
+    def discover(self) -> list[str]:
+        """Model names: folders of the repository that hold a config.pbtxt."""
+        names = []
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and (child / CONFIG_FILE).is_file():
+                try:
+                    self.model_dir(child.name)
+                except RepositoryError as exc:
+                    log.warning("skipping %s: %s", child, exc)
+                    continue
+                names.append(child.name)
+        self._discovered = tuple(names)
+        return names
+
+    def fingerprint(self, name: str) -> tuple:
+        """What a poll compares: the config's and every version folder's mtimes."""
+        path = self.model_dir(name)
+        try:
+            parts = [(CONFIG_FILE, (path / CONFIG_FILE).stat().st_mtime_ns)]
+            for child in sorted(path.iterdir()):
+                if child.is_dir() and child.name.isdigit():
+                    stamps = [f.stat().st_mtime_ns for f in child.iterdir() if f.is_file()]
+                    parts.append((child.name, child.stat().st_mtime_ns, max(stamps, default=0)))
+        except OSError:
+            return ()
+        return tuple(parts)
+
+    # ---- loading ----------------------------------------------------------------------
+    async def load(self, name: str) -> None:
+        """Load (or reload) every version the policy selects; swap in atomically.
+
+        A name with no model folder is refused (ModelNotFoundError) before anything is
+        recorded: a typo leaves no state, no metric series and no readiness change.
+        """
+        path = self._existing_model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        try:
+            async with entry.lock:
+                self._commit_entry(entry, await self._prepare_entry(entry, path))
+        finally:
+            await self._changed()
+
+    # Two-phase load, for worker processes that must all switch or none (supervisor):
+    # prepare builds and warms the new versions aside; commit swaps them in; abort
+    # closes them. A prepared load nobody commits is aborted after ``timeout_s``, so a
+    # coordinator that died leaks no session.
+    async def prepare(self, name: str, timeout_s: float = 120.0) -> "PreparedLoad":
+        path = self._existing_model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        try:
+            async with entry.lock:
+                versions = await self._prepare_entry(entry, path)
+        except BaseException:
+            await self._changed()  # a failure is recorded: readiness may follow it
+            raise
+        handle = PreparedLoad(entry, versions)
+        handle.timer = asyncio.get_running_loop().call_later(timeout_s, self.abort, handle)
+        return handle
+
+    async def commit(self, handle: "PreparedLoad") -> None:
+        handle.cancel_timer()
+        if handle.versions is None:
+            raise RepositoryError(f"model {handle.entry.name!r}: the prepared load was "
+                                  "already aborted (it waited too long for its commit)")
+        versions, handle.versions = handle.versions, None
+        try:
+            async with handle.entry.lock:
+                self._commit_entry(handle.entry, versions)
+        finally:
+            await self._changed()
+
+    def abort(self, handle: "PreparedLoad") -> None:
+        handle.cancel_timer()
+        versions, handle.versions = handle.versions, None
+        if versions is None:
+            return
+        entry = handle.entry
+        if not entry.versions and entry.state == LOADING:
+            entry.state, entry.reason = UNAVAILABLE, "the load was aborted"
+        self._retire(versions.values())
+
+    async def _prepare_entry(self, entry: ModelEntry, path: Path) -> dict[int, ModelVersion]:
+        name = entry.name
+        started = time.monotonic()
+        # Taken before reading the files: a change during the load is seen next poll.
+        fingerprint = self.fingerprint(name)
+        entry.fingerprint = fingerprint
+        if not entry.versions:
+            entry.state, entry.reason = LOADING, "loading"
+        try:
+            return await self._load_versions(name, path)
+        except asyncio.CancelledError:
+            if not entry.versions:  # never left LOADING behind
+                entry.state, entry.reason = UNAVAILABLE, "the load was cancelled"
+            raise
+        except Exception as exc:  # whatever the cause, a load failure with its reason
+            error = exc if isinstance(exc, ServingError) else _load_error(f"model {name!r}", exc)
+            self._record_failure(entry, error, time.monotonic() - started)
+            if error is exc:
+                raise
+            raise error from None
+
+    def _commit_entry(self, entry: ModelEntry, new_versions: dict[int, ModelVersion]) -> None:
+        name = entry.name
+        old = entry.versions
+        entry.versions = new_versions  # the atomic switch
+        entry.state, entry.reason = READY, ""
+        entry.wanted = True
+        for version in new_versions.values():
+            log.info("model %s version %d ready on %s in %.2f s (providers %s)", name,
+                     version.version, version.session.device, version.load_seconds,
+                     ",".join(version.session.providers))
+            self._notify("loaded", name, str(version.version), version.load_seconds, "")
+        self._retire(old.values())
+
+    def _record_failure(self, entry: ModelEntry, error: ServingError, seconds: float) -> None:
+        entry.load_failures += 1
+        entry.reason = str(error)
+        if not entry.versions:
+            entry.state = UNAVAILABLE
+        log.error("model %s failed to load (%s): %s", entry.name,
+                  "previous versions keep serving" if entry.versions else "not serving", error)
+        self._notify("load_failed", entry.name, "", seconds, str(error))
+
+    async def load_startup(self, names: list[str]) -> None:
+        """Load the models the server starts with; each one failing is logged and kept.
+
+        These are wanted even when they fail: the server then starts (the other models
+        serve) but reports not ready, with the reason, until the model loads or is
+        unloaded. A load that fails later at run time (explicit or poll) does not turn a
+        ready server not ready: like Triton, the server stays ready for the models that
+        serve, and the failure shows in the load's answer, the index and the metrics. One
+        broken model pushed to every replica must not take all of them out of service.
+        """
+        for name in names:
+            try:
+                self._existing_model_dir(name)
+            except ServingError as exc:  # a start-up model that is not there at all
+                entry = self._entries.setdefault(name, ModelEntry(name))
+                entry.wanted, entry.state, entry.reason = True, UNAVAILABLE, str(exc)
+                log.error("start-up model %s cannot load: %s", name, exc)
+                continue
+            self._entries.setdefault(name, ModelEntry(name)).wanted = True
+            try:
+                await self.load(name)
+            except ServingError:
+                pass  # logged and recorded by load()
+
+    def _existing_model_dir(self, name: str) -> Path:
+        """The folder of a model in the repository; refuses unknown or escaping names."""
+        path = self.model_dir(name)
+        if not self._inside(name, path / CONFIG_FILE):
+            raise RepositoryError(f"model {name!r}: its config.pbtxt leads outside the "
+                                  "repository; symbolic links leading out are refused")
+        if not (path / CONFIG_FILE).is_file():
+            log.debug("load of %r refused: no %s/%s in the repository", name, name,
+                      CONFIG_FILE)
+            raise ModelNotFoundError(f"no model {name!r} in the repository: there is no "
+                                     f"folder {name!r} with a {CONFIG_FILE}")
+        return path
+
+    async def _changed(self) -> None:
+        for hook in self.on_change:
+            await hook()
+
+    async def _load_versions(self, name: str, path: Path) -> dict[int, ModelVersion]:
+        loop = asyncio.get_running_loop()
+        spec = await loop.run_in_executor(None, read_model_config, path)
+        available = [int(c.name) for c in path.iterdir()
+                     if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()
+                     and self._inside(name, c / spec.model_filename)]
+        chosen = spec.version_policy.select(available)
+        if not chosen:
+            raise ModelLoadError(f"model {name!r}: no version folder with "
+                                 f"{spec.model_filename} matches version policy "
+                                 f"{spec.version_policy.kind} (found versions "
+                                 f"{sorted(available)})")
+        loaded: dict[int, ModelVersion] = {}
+        try:
+            for number in chosen:
+                loaded[number] = await self._load_version(spec, number, path)
+        except BaseException:
+            self._retire(loaded.values())
+            raise
+        return loaded
+
+    async def _load_version(self, spec, number: int, path: Path) -> ModelVersion:
+        """One version built and warmed; any failure is a ModelLoadError naming it."""
+        started = time.monotonic()
+        version = None
+        try:
+            version = await asyncio.get_running_loop().run_in_executor(
+                None, ModelVersion, spec, number, path / str(number), self._options)
+            await version.start()
+        except BaseException as exc:
+            if version is not None:  # free its session and threads now
+                await asyncio.shield(version.close(0.0))
+            if isinstance(exc, ServingError) or not isinstance(exc, Exception):
+                raise
+            raise _load_error(f"{spec.name}:{number}", exc) from None
+        version.load_seconds = time.monotonic() - started  # warm-up included
+        return version
+
+    def check_unload(self, name: str) -> ModelEntry:
+        """What unload would refuse (a bad or unknown name), without unloading."""
+        self.model_dir(name)  # the same name checks as load
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        return entry
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``; also clears a failed model's claim on readiness."""
+        entry = self.check_unload(name)
+        try:
+            async with entry.lock:
+                old = entry.versions
+                entry.versions = {}
+                entry.wanted = False
+                entry.state, entry.reason = UNAVAILABLE, "unloaded"
+                self._retire(old.values())
+        finally:
+            await self._changed()
+
+    def _retire(self, versions) -> None:
+        """Drain and close replaced versions in the background (in-flight work finishes)."""
+        for version in list(versions):
+            task = asyncio.get_running_loop().create_task(self._close(version))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    async def _close(self, version: ModelVersion) -> None:
+        await version.close(self._drain_timeout_s)
+        log.info("model %s version %d unloaded", version.name, version.version)
+        self._notify("unloaded", version.name, str(version.version), 0.0, "")
+
+    async def settle(self) -> None:
+        """Wait until every replaced or unloaded version has drained and closed."""
+        while self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drain every model (bounded by the drain timeout) and close everything."""
+        for entry in self._entries.values():
+            self._retire(entry.versions.values())
+            entry.versions = {}
+            entry.state, entry.reason = UNAVAILABLE, "server shutting down"
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
+
+    async def poll(self, load=None, unload=None) -> None:
+        """One repository scan: load new or changed models, unload removed ones.
+
+        A model whose files did not change since its last attempt is left alone, so a
+        broken model is not retried (and logged) on every scan. ``load``/``unload``
+        replace this repository's own (worker processes: fanned out to every worker).
+        """
+        load = load or self.load
+        unload = unload or self.unload
+        present = set(self.discover())
+        for name in sorted(present):
+            entry = self._entries.get(name)
+            if entry is not None and entry.fingerprint == self.fingerprint(name):
+                continue
+            try:
+                await load(name)
+            except ServingError:
+                pass  # logged and recorded by load()
+        for name, entry in list(self._entries.items()):
+            if name not in present and (entry.versions or entry.wanted):
+                log.info("model %s left the repository; unloading", name)
+                await unload(name)
+
+    def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
+        for listener in self.listeners:
+            listener(event, name, version, seconds, reason)
+
+    # ---- routing ----------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> ModelVersion:
+        """The version to serve: the newest loaded one when ``version`` is empty."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"unknown model {name!r}; the repository index lists "
+                                     "the models served")
+        if not entry.versions:
+            raise ModelNotReadyError(f"model {name!r} is not ready: {entry.reason}")
+        if not version:
+            return entry.versions[max(entry.versions)]
+        try:
+            return entry.versions[int(version)]
+        except (ValueError, KeyError):
+            raise ModelNotFoundError(f"model {name!r} has no loaded version {version!r}; "
+                                     f"loaded versions are {sorted(entry.versions)}") from None
+
+    def entry(self, name: str) -> ModelEntry | None:
+        return self._entries.get(name)
+
+    def loaded_versions(self) -> list[ModelVersion]:
+        return [v for e in self._entries.values() for v in e.versions.values()]
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except ServingError:
+            return False
+        return True
+
+    def all_ready(self) -> bool:
+        """Every model asked for serves (and, unless explicit control, there is one)."""
+        wanted = [e for e in self._entries.values() if e.wanted]
+        if self._require_models and not wanted:
+            return False
+        return all(e.versions for e in wanted)
+
+    def not_ready_reasons(self) -> list[str]:
+        wanted = [e for e in self._entries.values() if e.wanted]
+        if self._require_models and not wanted:
+            return [f"the repository {self.root} holds no model folder with a config.pbtxt"]
+        return [f"{e.name}: {e.reason}" for e in wanted if not e.versions]
+
+    def index(self, ready_only: bool = False, scan: bool = True) -> list[IndexRow]:
+        """One row per version served, or per model not serving. ``scan=False`` lists
+        the folders found by the last scan instead of reading the repository again."""
+        rows = []
+        names = set(self._entries)
+        if scan:
+            try:
+                names.update(self.discover())
+            except OSError:
+                pass
+        else:
+            names.update(self._discovered)
+        for name in sorted(names):
+            entry = self._entries.get(name)
+            if entry is not None and entry.versions:
+                rows += [IndexRow(name, str(v), READY, "") for v in sorted(entry.versions)]
+                if entry.reason:  # a failed reload: old versions serve, say why
+                    rows[-1] = IndexRow(name, rows[-1].version, READY,
+                                        f"serving the previous load; {entry.reason}")
+            elif not ready_only:
+                state = entry.state if entry else UNAVAILABLE
+                reason = entry.reason if entry else "not loaded"
+                rows.append(IndexRow(name, "", state, reason))
+        return rows
+
+
+class PreparedLoad:
+    """New versions of one model built and warmed aside, waiting for commit or abort."""
+
+    def __init__(self, entry: ModelEntry, versions: dict[int, ModelVersion]):
+        self.entry = entry
+        self.versions: dict[int, ModelVersion] | None = versions
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+def _load_error(where: str, exc: Exception) -> ModelLoadError:
+    """Any failure while loading (ORT's own exception types, a bug) as a load error that
+    names the model and the cause; the traceback goes to the debug log only."""
+    log.debug("%s: load failure", where, exc_info=exc)
+    return ModelLoadError(f"{where}: loading failed: {type(exc).__name__}: "
+                          f"{error_summary(exc)}")

@@ -1,1 +1,0 @@
-"""gRPC transport: wire <-> domain conversion, status mapping, servicers, server assembly."""

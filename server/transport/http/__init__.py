@@ -1,1 +1,0 @@
-"""KServe v2 REST (Triton's HTTP protocol) beside gRPC, and the web console."""

@@ -1,0 +1,96 @@
+"""Interleaved rounds against the peers of ../shared/peers: our server (1 and N workers,
+optionally an older checkout too), Triton and the do-nothing grpc.aio server.
+
+    python bench/peer_compare.py [--rounds 2] [--duration-s 4] [--workers 1,2]
+        [--before /path/to/older/checkout] [--triton 127.0.0.1:18001 --triton-pid PID]
+        [--null-server ../shared/peers/null_server.py]
+
+Every server stays up; each round drives each one in turn (same client, same machine),
+so slow drifts in the machine's load hit all of them alike. Prints per round and the
+median of rounds: MNIST 1-image c=1 p50, c=32 req/s, server CPU ms per request, and
+sentiment raw text c=32 for our servers. Figures only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tools.bench import BenchServer, _levels, sweep  # noqa: E402
+
+
+def _start_ours(checkout: Path, workers: int) -> BenchServer:
+    here = os.getcwd()
+    os.chdir(checkout)  # python -m server runs that checkout's code
+    try:
+        return BenchServer(checkout / "models", "--workers", str(workers))
+    finally:
+        os.chdir(here)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration-s", type=float, default=4.0)
+    parser.add_argument("--workers", type=_levels, default=[1, 2])
+    parser.add_argument("--before", type=Path, default=None)
+    parser.add_argument("--triton", default="")
+    parser.add_argument("--triton-pid", type=int, default=None)
+    parser.add_argument("--null-server", type=Path, default=None)
+    parser.add_argument("--sentiment", action="store_true", help="also sentiment c=32")
+    args = parser.parse_args()
+    targets: list[tuple[str, str, int | None, bool]] = []  # label, url, pid, ours
+    owned: list = []
+    for workers in args.workers:
+        server = _start_ours(ROOT, workers)
+        owned.append(server)
+        targets.append((f"ours w{workers}", server.url, server.proc.pid, True))
+    if args.before is not None:
+        server = _start_ours(args.before.resolve(), 1)
+        owned.append(server)
+        targets.append(("before w1", server.url, server.proc.pid, True))
+    null = None
+    if args.null_server is not None:
+        null = subprocess.Popen([sys.executable, str(args.null_server), "--port", "18555"])
+        time.sleep(2)
+        targets.append(("null server", "127.0.0.1:18555", null.pid, False))
+    if args.triton:
+        targets.append(("triton", args.triton, args.triton_pid, False))
+    results: dict[str, list[dict]] = {label: [] for label, *_ in targets}
+    try:
+        for round_ in range(args.rounds):
+            for label, url, pid, ours in targets:
+                points = sweep(url, ["mnist"], [1, 32], args.duration_s, label, pid)
+                if ours and args.sentiment:
+                    points += sweep(url, ["sentiment"], [32], args.duration_s, label, pid)
+                results[label].append({(p["model"], p["concurrency"]): p for p in points})
+    finally:
+        for server in owned:
+            server.stop()
+        if null is not None:
+            null.terminate()
+    print(f"\n{'server':<12} {'c=1 p50 ms':>10} {'c=32 req/s':>10} {'c=32 CPU ms/req':>15} "
+          f"{'c=32 batch':>10} {'sentiment c=32 req/s':>21}   (median of {args.rounds} rounds)")
+    for label, rounds in results.items():
+        def med(key, field):
+            values = [r[key][field] for r in rounds if key in r]
+            return statistics.median(values) if values else float("nan")
+        print(f"{label:<12} {med(('mnist', 1), 'p50_ms'):>10.2f} "
+              f"{med(('mnist', 32), 'throughput_rps'):>10.0f} "
+              f"{med(('mnist', 32), 'server_cpu_ms_per_request'):>15.3f} "
+              f"{med(('mnist', 32), 'mean_batch_size'):>10.1f} "
+              f"{med(('sentiment', 32), 'throughput_rps'):>21.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
