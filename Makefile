@@ -29,7 +29,9 @@ $(VENV)/.dev: pyproject.toml | $(PY)
 serve: $(VENV)/.serve
 	$(PY) -m server --model-repository $(MODEL_REPOSITORY) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) --http-port $(HTTP_PORT)
 
+# The import contracts (pyproject.toml, ARCHITECTURE.md) first: an arrow the wrong way fails.
 test: $(VENV)/.dev
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 train-export: $(VENV)/.dev
@@ -54,7 +56,7 @@ pathbench: $(VENV)/.serve
 # Interleaved rounds against Triton and the do-nothing server of ../shared/peers
 # (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
 peer-compare: $(VENV)/.dev
-	$(PY) bench/peer_compare.py --null-server ../shared/peers/null_server.py --sentiment
+	$(PY) tools/peer_compare.py --null-server ../shared/peers/null_server.py --sentiment
 
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
 .PHONY: bench-rest

@@ -1,4 +1,4 @@
-"""Server assembly and life cycle: gRPC server, health, reflection, models, drain.
+"""Server assembly and life cycle: repository, dataplane, faces, metrics, drain.
 
 Start: bind the port (health NOT_SERVING), load and warm the models, then report
 ready. SIGTERM/SIGINT: report not ready at once, stop accepting, let in-flight
@@ -13,47 +13,41 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from server.core.admission import ByteBudget
+from server.cluster import worker as workers
+from server.cluster.coordinator import Coordinator
+from server.cluster.servicer import PeerServicer
 from server.config import ServerConfig
+from server.core.admission import ByteBudget
 from server.core.errors import StartupError
+from server.core.lifecycle import Lifecycle
 from server.core.memory import HeapTrimmer
-from server.protocol import grpc_service_pb2 as pb
 from server.core.repository import ModelRepository
 from server.core.runtime import RuntimeOptions
-from server.grpc import handlers
-from server.cluster import worker as workers
-from server.grpc.servicer import InferenceServicer, Lifecycle
+from server.dataplane.dataplane import DataPlane
+from server.grpc.server import GrpcPort
+from server.grpc.servicer import InferenceServicer
 
 log = logging.getLogger("server")
-
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 @dataclass
 class RunningServer:
-    """What tests and the metrics module need to reach while the server runs."""
+    """What the faces, tests and the metrics module reach while the server runs."""
 
     config: ServerConfig
     repository: ModelRepository
     lifecycle: Lifecycle
-    grpc_server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    grpc_port: int
+    dataplane: DataPlane
+    grpc: GrpcPort
     stop_event: asyncio.Event
     request_budget: ByteBudget
     # The other worker processes (``--workers N``); None when this process serves alone.
     peers: object = None
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
-    async def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port
 
     async def sync_health(self) -> None:
         """grpc.health from the same rule as ServerReady, after every readiness change.
@@ -61,42 +55,7 @@ class RunningServer:
         Serialised so that concurrent loads cannot leave an older answer last.
         """
         async with self._health_lock:
-            ready = self.lifecycle.ready(self.repository)
-            if ready and self.peers is not None:  # one server: every worker ready
-                ready = await self.peers.all_ready()
-            await self.set_serving(ready)
-
-
-def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
-    """Channel arguments: message sizes and the HTTP/2 limits against abusive clients."""
-    def ms(seconds: float) -> int:
-        return int(seconds * 1000) if seconds > 0 else 2**31 - 1  # INT_MAX: never
-
-    return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        # Worker processes share the public port (the kernel spreads connections);
-        # a lone server must fail loudly when the port is taken instead.
-        ("grpc.so_reuseport", 1 if config.worker_index >= 0 else 0),
-        ("grpc.max_concurrent_streams", config.grpc_max_concurrent_streams),
-        ("grpc.max_connection_idle_ms", ms(config.grpc_max_connection_idle_s)),
-        ("grpc.max_connection_age_ms", ms(config.grpc_max_connection_age_s)),
-        ("grpc.max_connection_age_grace_ms", ms(config.grpc_max_connection_age_grace_s)),
-        ("grpc.keepalive_time_ms", ms(config.grpc_keepalive_time_s)),
-        ("grpc.keepalive_timeout_ms", ms(config.grpc_keepalive_timeout_s)),
-        # Clients may ping (keepalive) at most every 10 s, even with no call open; a
-        # client that pings faster is disconnected after two strikes (gRPC's default).
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
-
-
-def _server_credentials(config: ServerConfig):
-    key = config.tls_key_file.read_bytes()
-    cert = config.tls_cert_file.read_bytes()
-    client_ca = config.tls_client_ca_file.read_bytes() if config.tls_client_ca_file else None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+            await self.grpc.set_serving(await self.dataplane.ready())
 
 
 async def build_server(config: ServerConfig, observer=None) -> RunningServer:
@@ -105,39 +64,21 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
                                  require_models=config.model_control_mode != "explicit")
     lifecycle = Lifecycle()
-    server = grpc.aio.server(options=grpc_options(config))
     peers = workers.peers(config)
-    servicer_class, extra = ((InferenceServicer, {}) if peers is None
-                             else (workers.ClusterServicer, {"peers": peers}))
-    servicer = servicer_class(repository, lifecycle,
-                              model_control_mode=config.model_control_mode,
-                              repository_api_key=config.repository_api_key,
-                              access_log_enabled=config.access_log, observer=observer,
-                              **extra)
+    coordinator = None if peers is None else Coordinator(repository, peers)
+    dataplane = DataPlane(repository, lifecycle, model_control_mode=config.model_control_mode,
+                          repository_api_key=config.repository_api_key,
+                          access_log_enabled=config.access_log, observer=observer,
+                          cluster=coordinator)
+    servicer = (InferenceServicer if peers is None else PeerServicer)(dataplane)
     budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
-    handlers.add_to_server(servicer, server, budget)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    address = f"{config.grpc_host}:{config.grpc_port}"
-    try:
-        if config.tls_cert_file:
-            port = server.add_secure_port(address, _server_credentials(config))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError:
-        raise StartupError(f"cannot listen for gRPC on {address}: the port is in use or the "
-                           "address is not this machine's; pick another with --grpc-port "
-                           "(0 = any free port) or --grpc-host") from None
+    port = GrpcPort(config, servicer, budget)
     # With workers the REST port is shared the same way (server.rest.server).
     if peers is not None:
-        peers.servicer = servicer  # the poller fans its loads out through it
-        workers.add_private_port(server, config)
-    running = RunningServer(config, repository, lifecycle, server, health_servicer, port,
-                            asyncio.Event(), budget, peers)
-    await running.set_serving(False)
+        workers.add_private_port(port, config)
+    running = RunningServer(config, repository, lifecycle, dataplane, port, asyncio.Event(),
+                            budget, peers)
+    await port.set_serving(False)
     repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
 
@@ -166,7 +107,7 @@ async def start(running: RunningServer) -> None:
     if running.peers is not None:
         await _listen(running)
     running.lifecycle.accepting = True
-    ready = running.lifecycle.ready(running.repository)
+    ready = running.dataplane.ready_here()
     await running.sync_health()
     if running.peers is not None:  # the supervisor says "server ready" once all are
         workers.report_started(running, ready)
@@ -180,7 +121,7 @@ async def start(running: RunningServer) -> None:
 
 async def _listen(running: RunningServer) -> None:
     config = running.config
-    await running.grpc_server.start()
+    await running.grpc.server.start()
     log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
              "TLS" if config.tls_cert_file else "plaintext")
 
@@ -198,7 +139,7 @@ async def drain_and_stop(running: RunningServer) -> None:
         await asyncio.sleep(0.01)
     # Open streams carry no work now: end them, so they do not hold the stop below.
     running.lifecycle.close_streams()
-    await running.grpc_server.stop(max(0.0, deadline - time.monotonic()))
+    await running.grpc.server.stop(max(0.0, deadline - time.monotonic()))
     await running.repository.close()
     if running.peers is not None:
         await running.peers.close()
@@ -234,7 +175,7 @@ async def serve(config: ServerConfig) -> None:
     rest = None  # the KServe v2 REST port (server.rest)
     if config.http_enabled:
         from server.rest.server import start_rest
-        rest = await start_rest(running, metrics.observe if metrics else None)
+        rest = await start_rest(running)
     await start(running)
     pollers = []
     if config.model_control_mode == "poll" and config.worker_index <= 0:
@@ -272,12 +213,11 @@ async def _poll_forever(running: RunningServer) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            if running.peers is None:
+            cluster = running.dataplane.cluster
+            if cluster is None:
                 await running.repository.poll()
             else:
-                servicer = running.peers.servicer
-                await running.repository.poll(servicer.load_everywhere,
-                                              servicer.unload_everywhere)
+                await running.repository.poll(cluster.load, cluster.unload)
         except Exception:  # a scan must never take the server down
             log.exception("repository poll failed")
         await running.sync_health()

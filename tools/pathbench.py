@@ -8,7 +8,7 @@ validation, decoding, the model's checks, batcher submission, batch forming, mer
 the hand-off to the ORT thread and back, ORT itself, splitting, statistics and
 metrics, response building and serialisation. Per-batch stages are shown per request
 (divided by the batch size). Last, the whole servicer path end to end: ``--batch``
-concurrent requests through ``InferenceServicer.ModelInfer`` on one event loop, and the
+concurrent requests through ``InferenceServicer.ModelInfer`` and the dataplane on one event loop, and the
 event-loop thread's CPU per request (what caps a worker's throughput).
 
 Figures are CPU time of the measuring thread (thread_time), so other load on a shared
@@ -66,7 +66,7 @@ async def _stages(repository: Path, batch: int, seconds: float) -> list[tuple[st
     from server.core.model_config import read_model_config
     from server.protocol import grpc_service_pb2 as pb
     from server.core.runtime import RuntimeOptions
-    from server.kserve import tensors as convert
+    from server.grpc import convert
 
     spec = read_model_config(repository / "mnist")
     model = ModelVersion(spec, 1, repository / "mnist" / "1", RuntimeOptions(1, False, False))
@@ -147,7 +147,9 @@ async def _end_to_end(model, wire: bytes, batch: int, seconds: float):
     from server.core.admission import ByteBudget
     from server.observability.metrics import ServerMetrics
     from server.grpc.handlers import request_deserializer
-    from server.grpc.servicer import InferenceServicer, Lifecycle
+    from server.core.lifecycle import Lifecycle
+    from server.dataplane.dataplane import DataPlane
+    from server.grpc.servicer import InferenceServicer
 
     class Repo:
         def get(self, name, version=""):
@@ -156,8 +158,7 @@ async def _end_to_end(model, wire: bytes, batch: int, seconds: float):
     metrics = ServerMetrics()
     lifecycle = Lifecycle()
     lifecycle.accepting = True
-    servicer = InferenceServicer(Repo(), lifecycle, model_control_mode="none",
-                                 observer=metrics.observe)
+    servicer = InferenceServicer(DataPlane(Repo(), lifecycle, observer=metrics.observe))
     deserialize = request_deserializer(ByteBudget(1 << 30, lambda nbytes: None))
     context = _Context()
 

@@ -17,11 +17,9 @@ import logging
 import os
 from pathlib import Path
 
-import grpc
 
 from server.config import ServerConfig
 from server.protocol import grpc_service_pb2 as pb
-from server.cluster.servicer import ClusterServicer  # noqa: F401 (re-export)
 from server.cluster.peers import Peers, socket_path
 
 log = logging.getLogger("server.workers")
@@ -37,10 +35,10 @@ def peers(config: ServerConfig) -> Peers | None:
                  config.max_message_bytes)
 
 
-def add_private_port(server: grpc.aio.Server, config: ServerConfig) -> None:
+def add_private_port(port, config: ServerConfig) -> None:
     path = socket_path(config.worker_dir, config.worker_index)
     path.unlink(missing_ok=True)  # left by a predecessor that was killed
-    server.add_insecure_port("unix:" + str(path))
+    port.add_private_port("unix:" + str(path))
 
 
 def _write(config: ServerConfig, suffix: str, text: str) -> None:

@@ -1,8 +1,7 @@
-"""GRPCInferenceService: translates wire <-> domain, nothing more.
+"""GRPCInferenceService: translates wire <-> dataplane, nothing more.
 
-Every handler converts the request, calls the repository or model, converts back.
-Domain errors become a status code (``status.status_for``) and a message; anything
-else is logged with its traceback and answered INTERNAL without details.
+Every handler converts the request, calls the dataplane (server.dataplane), converts
+back. Domain errors become a status code (``status.status_for``) and a message.
 """
 
 from __future__ import annotations
@@ -12,45 +11,21 @@ import logging
 import math
 import time
 
-from server import __version__
-from server.core.errors import InternalError, OverloadedError, ServerDrainingError, ServingError
-from server.core.model import ModelVersion
+from server.core.errors import OverloadedError, ServingError
+from server.dataplane.dataplane import DataPlane
+from server.grpc import convert
+from server.grpc.handlers import Incoming
+from server.grpc.status import status_for
+from server.kserve.status import short_details
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-from server.core.repository import ModelRepository
-from server.kserve import tensors as convert
-from server.dataplane.control import RepositoryControl
-from server.grpc.handlers import Incoming
 
 try:  # what abort() raises when the call already ended in gRPC core
     from grpc._cython.cygrpc import ExecuteBatchError as CallAlreadyEnded
 except ImportError:  # pragma: no cover - a grpcio without it: nothing to catch
     CallAlreadyEnded = ()
-from server.kserve.status import status_for
-from server.kserve.statistics import statistics_response
 
 log = logging.getLogger("server.grpc")
-access_log = logging.getLogger("server.access")
-
-# Only what is really served: Triton clients decide what to call from this list.
-EXTENSIONS = ("model_configuration", "statistics", "model_repository")
-
-
-# Status details travel percent-encoded in a trailer, and gRPC clients drop trailers over
-# 8 KiB: a message quoting a huge name would reach the caller as RESOURCE_EXHAUSTED.
-MAX_DETAILS_BYTES = 1024
-
-
-def short_details(message: str) -> str:
-    """``message`` cut in the middle to MAX_DETAILS_BYTES of UTF-8, keeping both ends."""
-    data = message.encode("utf-8")
-    if len(data) <= MAX_DETAILS_BYTES:
-        return message
-    keep = (MAX_DETAILS_BYTES - 40) // 2
-    head = data[:keep].decode("utf-8", "ignore")
-    tail = data[-keep:].decode("utf-8", "ignore")
-    return f"{head} ...[{len(data) - 2 * keep} bytes cut]... {tail}"
-
 
 # Markers on a stream's response queue besides its replies.
 STREAM_END = object()  # the client half-closed and every request was answered
@@ -63,94 +38,86 @@ def _stream_error(exc: ServingError, request_id: str) -> pb.ModelStreamInferResp
         infer_response=pb.ModelInferResponse(id=request_id))
 
 
-class Lifecycle:
-    """Whether the server takes new work: false from SIGTERM on."""
+class GrpcRequest:
+    """A ModelInferRequest as the dataplane reads it (server.dataplane.WireRequest)."""
 
-    def __init__(self) -> None:
-        self.accepting = False
-        self.draining = False
-        self.in_flight = 0  # inference requests being answered (drain waits for zero)
-        self.streams: set[asyncio.Queue] = set()  # response queues of open streams
+    __slots__ = ("request", "model_name", "model_version", "_remaining")
 
-    def check(self) -> None:
-        if self.draining:
-            raise ServerDrainingError("the server is shutting down; retry on another replica")
+    def __init__(self, request: pb.ModelInferRequest, remaining: float | None):
+        self.request = request
+        self.model_name = request.model_name
+        self.model_version = request.model_version
+        self._remaining = remaining
 
-    def close_streams(self) -> None:
-        """End every open stream once the requests it carries are answered."""
-        for queue in self.streams:
-            queue.put_nowait(STREAM_CLOSE)
+    def request_id(self) -> str:
+        return self.request.id
 
-    def ready(self, repository: ModelRepository) -> bool:
-        """The one readiness rule: ServerReady and grpc.health both answer from it."""
-        return self.accepting and not self.draining and repository.all_ready()
+    def headers(self):
+        return convert.input_headers(self.request)
+
+    def decode_is_heavy(self, headers) -> bool:
+        return convert.decode_is_heavy(self.request, headers)
+
+    def decode(self, headers):
+        return convert.request_inputs(self.request, headers)
+
+    def outputs(self) -> tuple[str, ...]:
+        return convert.requested_outputs(self.request)
+
+    def deadline(self, started: float) -> float:
+        return math.inf if self._remaining is None else time.monotonic() + self._remaining
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: ModelRepository, lifecycle: Lifecycle, *,
-                 model_control_mode: str, repository_api_key: str = "",
-                 access_log_enabled: bool = False, observer=None):
-        self._repo = repository
-        self._life = lifecycle
-        self._control = RepositoryControl(model_control_mode, repository_api_key)
-        self._access = access_log_enabled
-        # observer(model, version, outcome, seconds) -> metrics; None = off.
-        self._observe = observer
+    def __init__(self, dataplane: DataPlane):
+        self.dataplane = dataplane
 
     # ---- health and metadata ----------------------------------------------------------
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=self._life.ready(self._repo))
+        return pb.ServerReadyResponse(ready=await self.dataplane.ready())
 
     async def ModelReady(self, request, context):
-        ready = not self._life.draining and self._repo.is_ready(request.name, request.version)
-        return pb.ModelReadyResponse(ready=ready)
+        return pb.ModelReadyResponse(
+            ready=self.dataplane.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name="onnx-serve", version=__version__,
-                                         extensions=EXTENSIONS)
+        name, version, extensions = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     async def ModelMetadata(self, request, context):
         try:
-            model = self._repo.get(request.name, request.version)
+            meta = self.dataplane.model_metadata(request.name, request.version)
         except ServingError as exc:
             return await self._fail(context, exc)
-        entry = self._repo.entry(model.name)
-        spec = model.spec
-        batch = [-1] if spec.max_batch_size else []
-        response = pb.ModelMetadataResponse(
-            name=model.name, platform=spec.proto.platform or "onnxruntime_onnx",
-            versions=[str(v) for v in sorted(entry.versions)] if entry else [str(model.version)])
-        for tensor in spec.inputs:
-            response.inputs.add(name=tensor.name, datatype=tensor.datatype,
-                                shape=batch + list(tensor.dims))
-        for tensor in spec.outputs:
-            response.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                                 shape=batch + list(tensor.dims))
+        response = pb.ModelMetadataResponse(name=meta.name, platform=meta.platform,
+                                            versions=meta.versions)
+        for tensor in meta.inputs:
+            response.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        for tensor in meta.outputs:
+            response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         return response
 
     async def ModelConfig(self, request, context):
         try:
-            model = self._repo.get(request.name, request.version)
+            config = self.dataplane.model_config(request.name, request.version)
         except ServingError as exc:
             return await self._fail(context, exc)
-        return pb.ModelConfigResponse(config=model.spec.proto)
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelStatistics(self, request, context):
         try:
-            return statistics_response(self._repo, request.name, request.version)
+            return await self.dataplane.statistics(request.name, request.version)
         except ServingError as exc:
             return await self._fail(context, exc)
 
     # ---- inference --------------------------------------------------------------------
     async def ModelInfer(self, incoming: Incoming, context):
-        self._life.in_flight += 1
         try:
-            reply = await self._model_infer(incoming, context)
+            reply = self._answer(incoming, await self._run(incoming, context))
         finally:
-            self._life.in_flight -= 1
             incoming.release()
         if isinstance(reply, ServingError):
             incoming.request = None  # see _fail: nothing large may stay reachable from here
@@ -158,50 +125,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._fail(context, reply)
         return reply
 
-    async def _model_infer(self, incoming: Incoming, context):
-        """The response, or the ServingError to answer (returned, not raised: see _fail)."""
-        started = time.monotonic()
-        request = incoming.request
+    async def _run(self, incoming: Incoming, context):
+        """The dataplane's (model, outputs), or the ServingError to answer."""
         if incoming.error is not None:  # refused or undecodable before parsing
-            self._record(request, None, type(incoming.error).__name__, started, incoming.error)
+            self.dataplane.refused(incoming.error, "grpc")
             return incoming.error
-        model = None
-        try:
-            self._life.check()
-            model = self._repo.get(request.model_name, request.model_version)
-            response = await self._infer(model, request, context.time_remaining())
-        except ServingError as exc:
-            self._record(request, model, type(exc).__name__, started, exc)
-            return exc
-        except Exception:
-            log.exception("ModelInfer %s failed unexpectedly", request.model_name[:100])
-            error = InternalError("internal error; see the server log")
-            if model is not None:
-                model.stats.record_failure(time.monotonic() - started, error.reason)
-            self._record(request, model, "InternalError", started, error)
-            return error
-        self._record(request, model, "OK", started, None)
-        return response
+        return await self.dataplane.infer(
+            GrpcRequest(incoming.request, context.time_remaining()), "grpc")
 
-    async def _infer(self, model: ModelVersion, request, remaining) -> pb.ModelInferResponse:
-        deadline = math.inf if remaining is None else time.monotonic() + remaining
-        try:
-            # Shapes and batch size first, from the header: a lying or oversized request
-            # is refused before any of its data is decoded.
-            headers = convert.input_headers(request)
-            model.check_inputs({h.name: (h.datatype, h.shape) for h in headers})
-            if convert.decode_is_heavy(request, headers):
-                inputs = await asyncio.get_running_loop().run_in_executor(
-                    None, convert.request_inputs, request, headers)
-            else:
-                inputs = convert.request_inputs(request, headers)
-        except ServingError as exc:
-            model.stats.record_failure(0.0, exc.reason)
-            raise
-        # checked: the header passed check_inputs and the arrays were decoded to it.
-        outputs = await model.infer(inputs, convert.requested_outputs(request), deadline,
-                                    checked=True)
-        return convert.infer_response(request, model.name, model.version, outputs,
+    @staticmethod
+    def _answer(incoming: Incoming, result):
+        if isinstance(result, ServingError):
+            return result
+        model, outputs = result
+        return convert.infer_response(incoming.request, model.name, model.version, outputs,
                                       model.output_datatypes)
 
     async def ModelStreamInfer(self, request_iterator, context):
@@ -215,7 +152,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         tasks: set[asyncio.Task] = set()
         reader = asyncio.get_running_loop().create_task(
             self._read_stream(request_iterator, context, responses, tasks))
-        self._life.streams.add(responses)
+        close = lambda: responses.put_nowait(STREAM_CLOSE)  # noqa: E731
+        self.dataplane.lifecycle.on_drained.add(close)
         try:
             while True:
                 item = await responses.get()
@@ -234,7 +172,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 else:  # the ServingError that ends the stream
                     break
         finally:
-            self._life.streams.discard(responses)
+            self.dataplane.lifecycle.on_drained.discard(close)
             reader.cancel()
             for task in list(tasks):
                 task.cancel()
@@ -259,63 +197,48 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await responses.put(end)
 
     async def _stream_one(self, incoming: Incoming, context, responses: asyncio.Queue) -> None:
-        self._life.in_flight += 1
         try:
-            reply = await self._stream_reply(incoming, context)
-        finally:
-            self._life.in_flight -= 1
-            incoming.release()
-        await responses.put(reply)
-
-    async def _stream_reply(self, incoming: Incoming, context) -> pb.ModelStreamInferResponse:
-        request = incoming.request
-        if incoming.error is not None:  # refused before parsing (request bytes budget)
-            if self._observe is not None:
-                self._observe("", None, incoming.error, 0.0)
-            return _stream_error(incoming.error, "")
-        model = None
-        try:
-            self._life.check()
-            model = self._repo.get(request.model_name, request.model_version)
-            reply = await self._infer(model, request, context.time_remaining())
-            return pb.ModelStreamInferResponse(infer_response=reply)
-        except ServingError as exc:
-            if model is None and self._observe is not None:
-                self._observe(request.model_name, None, exc, 0.0)
-            return _stream_error(exc, request.id)
+            reply = self._answer(incoming, await self._run(incoming, context))
+            if isinstance(reply, ServingError):
+                request_id = incoming.request.id if incoming.request is not None else ""
+                reply = _stream_error(reply, request_id)
+            else:
+                reply = pb.ModelStreamInferResponse(infer_response=reply)
         except Exception:
             log.exception("ModelStreamInfer request failed unexpectedly")
-            return pb.ModelStreamInferResponse(
+            request_id = incoming.request.id if incoming.request is not None else ""
+            reply = pb.ModelStreamInferResponse(
                 error_message="INTERNAL: internal error; see the server log",
-                infer_response=pb.ModelInferResponse(id=request.id))
+                infer_response=pb.ModelInferResponse(id=request_id))
+        finally:
+            incoming.release()
+        await responses.put(reply)
 
     # ---- repository -------------------------------------------------------------------
     async def RepositoryIndex(self, request, context):
         response = pb.RepositoryIndexResponse()
-        for row in self._repo.index(ready_only=request.ready):
+        for row in self.dataplane.index(ready_only=request.ready):
             response.models.add(name=row.name, version=row.version, state=row.state,
                                 reason=row.reason)
         return response
 
     async def RepositoryModelLoad(self, request, context):
         try:
-            self._check_control(context, "load")
-            await self._repo.load(request.model_name)
+            await self.dataplane.load(request.model_name, self._sent_key(context), "gRPC")
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
         try:
-            self._check_control(context, "unload")
-            await self._repo.unload(request.model_name)
+            await self.dataplane.unload(request.model_name, self._sent_key(context), "gRPC")
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
-    def _check_control(self, context, action: str) -> None:
-        sent = dict(context.invocation_metadata() or ()).get(self._control.header)
-        self._control.check(sent, action, "gRPC")
+    def _sent_key(self, context) -> str | None:
+        header = self.dataplane.control.header
+        return dict(context.invocation_metadata() or ()).get(header) if header else None
 
     # ---- helpers ----------------------------------------------------------------------
     async def _fail(self, context, exc: ServingError):
@@ -334,14 +257,3 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             # as we failed it): nobody is left to tell. End as a cancelled call, which grpc
             # logs at debug level, rather than let grpc log a traceback at ERROR.
             raise asyncio.CancelledError() from None
-
-    def _record(self, request, model, outcome: str, started: float, exc) -> None:
-        seconds = time.monotonic() - started
-        name = request.model_name if request is not None else ""
-        if self._observe is not None:
-            self._observe(name, model, exc, seconds)
-        if self._access:
-            version, request_id = ("", "") if request is None else (request.model_version,
-                                                                     request.id)
-            access_log.info("ModelInfer model=%s version=%s id=%s status=%s ms=%.3f",
-                            name[:100], version[:20], request_id[:64], outcome, seconds * 1e3)

@@ -1,4 +1,4 @@
-"""KServe v2 tensors on the wire <-> numpy arrays.
+"""KServe v2 tensors <-> numpy arrays: the checks and decoders every face shares.
 
 Fixed-size datatypes decode with ``np.frombuffer`` (no per-element Python work).
 BYTES elements, raw form: a 4-byte little-endian length, then the bytes, per element.
@@ -15,15 +15,7 @@ import numpy as np
 
 from server.core.datatypes import V2_TO_NUMPY
 from server.core.errors import InvalidInputError
-from server.protocol import grpc_service_pb2 as pb
 
-# Typed ``contents`` field for each datatype (Triton's mapping; FP16 only travels raw).
-_CONTENTS_FIELD = {
-    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}
 _MAX_ELEMENTS = 1 << 31
 # numpy refuses more than 64 dimensions; no served model comes close to this.
 _MAX_RANK = 32
@@ -65,62 +57,17 @@ class InputHeader(NamedTuple):  # a tuple: built per input per request, so cheap
     count: int  # elements
 
 
-def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
-    """The inputs' names, datatypes and shapes, checked for structure; no data is read.
-
-    Cheap on any request, so the model can refuse a wrong shape or batch size before
-    the (possibly huge) data is decoded.
-    """
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
-                                f"{len(request.inputs)} inputs; send raw data for every "
-                                "input or for none")
-    headers: list[InputHeader] = []
-    seen: set[str] = set()
-    for tensor in request.inputs:
-        name = tensor.name
-        if name in seen:
-            raise InvalidInputError(f"input {name!r} appears more than once")
-        seen.add(name)
-        datatype = tensor.datatype
-        if datatype not in V2_TO_NUMPY:
-            raise InvalidInputError(f"input {name!r}: unknown datatype {datatype!r}; "
-                                    f"expected one of {sorted(V2_TO_NUMPY)}")
-        shape = tuple(tensor.shape)
-        headers.append(InputHeader(name, datatype, shape, element_count(name, shape)))
-    return headers
-
-
-def decode_is_heavy(request: pb.ModelInferRequest, headers: list[InputHeader]) -> bool:
-    """Whether decoding loops over many elements in Python (BYTES, typed contents):
-    such a request is decoded off the event loop."""
-    raw = None
-    for header in headers:
-        if header.count > HEAVY_ELEMENTS:
-            if raw is None:
-                raw = bool(request.raw_input_contents)
-            if header.datatype == "BYTES" or not raw:
-                return True
-    return False
-
-
-def request_inputs(request: pb.ModelInferRequest,
-                   headers: list[InputHeader] | None = None) -> dict[str, np.ndarray]:
-    """Decode every input of a request into a numpy array of its declared shape."""
-    if headers is None:
-        headers = input_headers(request)
-    raw = request.raw_input_contents
-    arrays: dict[str, np.ndarray] = {}
-    if raw:  # the usual form (tritonclient, perf_analyzer): no need for request.inputs
-        for header, data in zip(headers, raw):
-            name, datatype, shape, count = header
-            arrays[name] = from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
-        return arrays
-    for tensor, header in zip(request.inputs, headers):
-        arrays[header.name] = _from_contents(header.name, tensor, V2_TO_NUMPY[header.datatype],
-                                             header.shape, header.count)
-    return arrays
+def input_header(name: str, datatype: str, shape, seen: set[str]) -> InputHeader:
+    """One input as a request declares it, checked before any of its data is read: a
+    unique name, a known datatype, a shape numpy can build. ``seen`` collects names."""
+    if name in seen:
+        raise InvalidInputError(f"input {name!r} appears more than once")
+    seen.add(name)
+    if datatype not in V2_TO_NUMPY:
+        raise InvalidInputError(f"input {name!r}: unknown datatype {datatype!r}; "
+                                f"expected one of {sorted(V2_TO_NUMPY)}")
+    shape = tuple(shape)
+    return InputHeader(name, datatype, shape, element_count(name, shape))
 
 
 def from_raw(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
@@ -135,23 +82,7 @@ def from_raw(name, datatype, dtype, shape, count, data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _from_contents(name, tensor, dtype, shape, count) -> np.ndarray:
-    field = _CONTENTS_FIELD.get(tensor.datatype)
-    if field is None:
-        raise InvalidInputError(f"input {name!r}: {tensor.datatype} data must be sent in "
-                                "raw_input_contents")
-    values = getattr(tensor.contents, field)
-    if len(values) != count:
-        raise InvalidInputError(f"input {name!r}: {len(values)} values in contents.{field}, "
-                                f"expected {count} for shape {list(shape)}")
-    try:
-        return _chunked(values, count, dtype).reshape(shape)
-    except OverflowError:
-        raise InvalidInputError(f"input {name!r}: a value in contents.{field} does not fit "
-                                f"{tensor.datatype}") from None
-
-
-def _chunked(values, count: int, dtype: np.dtype) -> np.ndarray:
+def chunked(values, count: int, dtype: np.dtype) -> np.ndarray:
     """A repeated protobuf field as an array, converted a slice at a time: each slice is
     one short C call, so a huge one never holds the GIL for long."""
     if count <= HEAVY_ELEMENTS and dtype != object:
@@ -199,39 +130,3 @@ def encode_bytes(array: np.ndarray) -> bytes:
         parts.append(_LENGTH.pack(len(item)))
         parts.append(item)
     return b"".join(parts)
-
-
-def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
-    return tuple(o.name for o in request.outputs)
-
-
-# Response headers (model, version, output names, datatypes, shapes) recur request
-# after request: each is built once and copied (one C call) instead of field by field.
-_TEMPLATES: dict[tuple, pb.ModelInferResponse] = {}
-_MAX_TEMPLATES = 4096
-
-
-def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
-                   outputs: dict[str, np.ndarray],
-                   datatypes: dict[str, str]) -> pb.ModelInferResponse:
-    """Always answer in raw_output_contents: tritonclient and perf_analyzer read only that."""
-    key = (model_name, version, *[(name, datatypes[name], value.shape)
-                                  for name, value in outputs.items()])
-    template = _TEMPLATES.get(key)
-    if template is None:
-        template = pb.ModelInferResponse(model_name=model_name, model_version=str(version))
-        for name, datatype, shape in key[2:]:
-            template.outputs.add(name=name, datatype=datatype, shape=shape)
-        if len(_TEMPLATES) >= _MAX_TEMPLATES:  # many shapes (e.g. variable lengths)
-            _TEMPLATES.clear()
-        _TEMPLATES[key] = template
-    response = pb.ModelInferResponse()
-    response.CopyFrom(template)
-    response.id = request.id
-    raw = response.raw_output_contents
-    for name, value in outputs.items():
-        if datatypes[name] == "BYTES":
-            raw.append(encode_bytes(value))
-        else:
-            raw.append(np.ascontiguousarray(value).tobytes())
-    return response

@@ -87,23 +87,17 @@ class RestServer:
 
     async def stop(self) -> None:
         """Close the port and idle connections; handlers still running may finish."""
-        if self._api.cluster is not None:
-            await self._api.cluster.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
 
-async def start_rest(running, observer=None):
+async def start_rest(running):
     """Build the REST API for a RunningServer and open its port (logged with the port)."""
     from server.rest.static import static_replies
 
     config = running.config
-    api = RestApi(running.repository, running.lifecycle,
-                  model_control_mode=config.model_control_mode,
-                  repository_api_key=config.repository_api_key,
-                  access_log_enabled=config.access_log, observer=observer,
-                  static=static_replies(), cluster=_cluster_view(config))
+    api = RestApi(running.dataplane, static=static_replies())
     context = None
     if config.tls_cert_file:
         context = server_ssl_context(config.tls_cert_file, config.tls_key_file,
@@ -120,14 +114,3 @@ async def start_rest(running, observer=None):
     log.info("HTTP listening on %s:%d (%s)", config.http_host, port,
              "TLS" if context else "plaintext")
     return rest
-
-
-def _cluster_view(config):
-    """With worker processes, REST's way to the one-server view; None when alone."""
-    if config.worker_index < 0:
-        return None
-    from server.rest.cluster import ClusterView
-
-    header, _, secret = config.repository_api_key.partition(":")
-    return ClusterView(config.worker_dir, config.worker_index, config.max_message_bytes,
-                       (header.lower(), secret))

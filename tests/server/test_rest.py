@@ -232,3 +232,28 @@ def test_unknown_paths_are_404_and_wrong_methods_405(server):
     assert call_json(port, "POST", "/v2/health/live", {})[0] == 405
     assert call_json(port, "PUT", "/v2/repository/index", {})[0] == 405
     assert call_json(port, "GET", "/v2/repository/models/mnist/load")[0] == 405
+
+
+@pytest.mark.parametrize("form", ["binary", "json"])
+def test_rest_checks_the_header_before_any_data_like_grpc(server, grpc_stub, form):
+    """A batch too large for the model, with data that does not match its shape either:
+    both protocols refuse it from the header (batch size), with the same words, before
+    reading the data (which would have failed with a byte or value count)."""
+    rows = 100_000  # over mnist's max_batch_size
+    shape = [rows, 28, 28, 1]
+    request = pb.ModelInferRequest(model_name="mnist")
+    request.inputs.add(name="image", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(b"\0" * 16)
+    code, details = _grpc_error(lambda: grpc_stub.ModelInfer(request, timeout=30))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "batch" in details
+    tensor = {"name": "image", "datatype": "FP32", "shape": shape}
+    if form == "binary":
+        header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 16}}]})
+        status, _, body = call(server.http_port, "POST", "/v2/models/mnist/infer",
+                               header.encode() + b"\0" * 16,
+                               {"Inference-Header-Content-Length": str(len(header))})
+        doc = json.loads(body)
+    else:
+        status, doc = call_json(server.http_port, "POST", "/v2/models/mnist/infer",
+                                {"inputs": [{**tensor, "data": [0.0, 1.0]}]})
+    assert (status, doc) == (400, {"error": details})

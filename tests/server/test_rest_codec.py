@@ -14,8 +14,8 @@ from server.core.errors import InvalidInputError
 from server.protocol import model_config_pb2 as mc
 from server.rest import codec
 from server.rest.protojson import to_json
-from server.rest.status import http_status_for
-from server.kserve.status import status_for
+from server.grpc.status import status_for
+from server.kserve.status import http_status as http_status_for
 
 
 def _binary_request(inputs: list[tuple[dict, bytes]], **doc) -> tuple[bytes, str]:

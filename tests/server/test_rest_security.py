@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
-from server.rest.status import HTTP_FOR_GRPC
+from server.kserve.status import HTTP_FOR_STATUS
 from tests.conftest import ServerProcess
 from tests.server.restkit import call, call_json, image_infer_body
 from tests.server.test_security import (API_HEADER, API_SECRET, MAX_MESSAGE,  # noqa: F401
@@ -51,7 +51,7 @@ def test_load_and_unload_need_the_api_key(locked_server, locked_stub):
 
 
 def http_status_for_code(code: grpc.StatusCode) -> int:
-    return HTTP_FOR_GRPC[code]
+    return HTTP_FOR_STATUS[code.name]
 
 
 def test_bodies_over_the_message_limit_get_413(locked_server):

@@ -168,7 +168,10 @@ def test_mnist_int8_within_half_a_point(mnist_dir):
     x = preprocess(x_test)
     fp32, int8 = (float(np.mean(ort_predict(_session(n), x).argmax(axis=1) == y_test)) for n in ("mnist", "mnist_int8"))
     assert int8 >= fp32 - 0.005, (fp32, int8)
-    assert abs(_card("mnist_int8")["int8"]["int8_accuracy"] - int8) < 1e-9
+    # INT8 kernels differ by instruction set (AVX2's u8s8 products saturate where
+    # AVX-512 VNNI's do not), so another CPU than the pipeline's may classify a few
+    # of the 10,000 images differently: 0.12 points measured between two such CPUs.
+    assert abs(_card("mnist_int8")["int8"]["int8_accuracy"] - int8) <= 0.003
 
 
 def test_sentiment_int8_agrees_with_fp32_on_a_test_subset(imdb):

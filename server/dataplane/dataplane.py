@@ -1,0 +1,213 @@
+"""The use cases every face calls: inference, metadata, readiness, statistics,
+repository control and the access log. A face only translates its wire form to these
+calls and their answers (or their ``ServingError``) back to the wire.
+
+With worker processes (``--workers N``) what must look like one server (readiness,
+statistics, load and unload) also goes through ``cluster`` (server.cluster.coordinator),
+so every face gets the same one-server answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from server import __version__
+from server.core.errors import InternalError, ServingError
+from server.core.lifecycle import Lifecycle
+from server.core.model import ModelVersion
+from server.core.repository import ModelRepository
+from server.dataplane.control import RepositoryControl
+from server.kserve.statistics import statistics_response
+from server.kserve.tensors import InputHeader
+
+log = logging.getLogger("server.dataplane")
+access_log = logging.getLogger("server.access")
+
+SERVER_NAME = "onnx-serve"
+# Only what is really served: Triton clients decide what to call from this list.
+EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+
+
+class WireRequest(Protocol):
+    """One inference request as a face received it, read in this order: headers (names,
+    datatypes, shapes; no tensor data), then the data, once the model accepted them."""
+
+    model_name: str
+    model_version: str
+
+    def request_id(self) -> str: ...
+
+    def headers(self) -> list[InputHeader]: ...
+
+    def decode_is_heavy(self, headers: list[InputHeader]) -> bool: ...
+
+    def decode(self, headers: list[InputHeader]) -> dict[str, np.ndarray]: ...
+
+    def outputs(self) -> tuple[str, ...]: ...
+
+    def deadline(self, started: float) -> float: ...  # monotonic seconds; inf = none
+
+
+class Cluster(Protocol):
+    """The other workers of one server (server.cluster.coordinator.Coordinator)."""
+
+    async def peers_ready(self) -> bool: ...
+
+    async def statistics(self, name: str, version: str, mine): ...
+
+    async def load(self, name: str) -> None: ...
+
+    async def unload(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: list[int]  # -1 for the batch dimension and variable dimensions
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, lifecycle: Lifecycle, *,
+                 model_control_mode: str = "none", repository_api_key: str = "",
+                 access_log_enabled: bool = False, observer=None,
+                 cluster: Cluster | None = None):
+        self.repository = repository
+        self.lifecycle = lifecycle
+        self.control = RepositoryControl(model_control_mode, repository_api_key)
+        self._access = access_log_enabled
+        # observer(model name, model or None, exc or None, seconds, protocol=) -> metrics
+        self._observe = observer
+        self.cluster = cluster
+
+    # ---- health and metadata -----------------------------------------------------------
+    def ready_here(self) -> bool:
+        """This process's readiness (the one local rule; health probes of a worker)."""
+        return self.lifecycle.ready(self.repository)
+
+    async def ready(self) -> bool:
+        """Server readiness: here and, with workers, on every worker."""
+        if not self.ready_here():
+            return False
+        return self.cluster is None or await self.cluster.peers_ready()
+
+    def model_ready(self, name: str, version: str) -> bool:
+        return not self.lifecycle.draining and self.repository.is_ready(name, version)
+
+    @staticmethod
+    def server_metadata() -> tuple[str, str, tuple[str, ...]]:
+        return SERVER_NAME, __version__, EXTENSIONS
+
+    def model_metadata(self, name: str, version: str) -> ModelMetadata:
+        model = self.repository.get(name, version)
+        spec = model.spec
+        batch = [-1] if spec.max_batch_size else []
+        entry = self.repository.entry(model.name)
+        versions = sorted(entry.versions) if entry else [model.version]
+        return ModelMetadata(
+            model.name, [str(v) for v in versions], spec.proto.platform or "onnxruntime_onnx",
+            [TensorMetadata(t.name, t.datatype, batch + list(t.dims)) for t in spec.inputs],
+            [TensorMetadata(t.name, t.datatype, batch + list(t.dims)) for t in spec.outputs])
+
+    def model_config(self, name: str, version: str):
+        """The version's ModelConfig message (what config.pbtxt says, as served)."""
+        return self.repository.get(name, version).spec.proto
+
+    def statistics_here(self, name: str, version: str):
+        return statistics_response(self.repository, name, version)
+
+    async def statistics(self, name: str, version: str):
+        """Triton's ModelStatisticsResponse; with workers, summed over every worker."""
+        mine = self.statistics_here(name, version)
+        if self.cluster is None:
+            return mine
+        return await self.cluster.statistics(name, version, mine)
+
+    # ---- repository --------------------------------------------------------------------
+    def index(self, ready_only: bool):
+        return self.repository.index(ready_only=ready_only)
+
+    async def load(self, name: str, sent_key: str | None, transport: str) -> None:
+        self.control.check(sent_key, "load", transport)
+        await (self.cluster or self.repository).load(name)
+
+    async def unload(self, name: str, sent_key: str | None, transport: str) -> None:
+        self.control.check(sent_key, "unload", transport)
+        await (self.cluster or self.repository).unload(name)
+
+    # ---- inference ---------------------------------------------------------------------
+    async def infer(self, wire: WireRequest, protocol: str):
+        """(model, outputs), or the ServingError to answer (returned, not raised, so the
+        face fails the call from a frame that holds no request: see the gRPC servicer).
+
+        Names, datatypes, shapes and batch size are checked from the request's header
+        before any tensor data is decoded, on every face; big decodes run off the loop.
+        """
+        life = self.lifecycle
+        life.in_flight += 1
+        started = time.monotonic()
+        model = None
+        try:
+            life.check()
+            model = self.repository.get(wire.model_name, wire.model_version)
+            try:
+                headers = wire.headers()
+                model.check_inputs({h.name: (h.datatype, h.shape) for h in headers})
+                if wire.decode_is_heavy(headers):
+                    inputs = await asyncio.get_running_loop().run_in_executor(
+                        None, wire.decode, headers)
+                else:
+                    inputs = wire.decode(headers)
+            except ServingError as exc:
+                model.stats.record_failure(0.0, exc.reason)
+                raise
+            # checked: the header passed check_inputs and the arrays were decoded to it.
+            outputs = await model.infer(inputs, wire.outputs(), wire.deadline(started),
+                                        checked=True)
+        except ServingError as exc:
+            self._record(wire, model, protocol, type(exc).__name__, started, exc)
+            return exc
+        except Exception:
+            log.exception("%s infer %s failed unexpectedly", protocol, wire.model_name[:100])
+            error = InternalError("internal error; see the server log")
+            if model is not None:
+                model.stats.record_failure(time.monotonic() - started, error.reason)
+            self._record(wire, model, protocol, "InternalError", started, error)
+            return error
+        finally:
+            life.in_flight -= 1
+        self._record(wire, model, protocol, "OK", started, None)
+        return model, outputs
+
+    def refused(self, error: ServingError, protocol: str) -> None:
+        """A request refused before it could be read (request-byte budget, undecodable)."""
+        if self._observe is not None:
+            self._observe("", None, error, 0.0, protocol=protocol)
+        if self._access:
+            access_log.info("infer protocol=%s model= version= id= status=%s ms=0.000",
+                            protocol, type(error).__name__)
+
+    def _record(self, wire: WireRequest, model: ModelVersion | None, protocol: str,
+                outcome: str, started: float, exc: ServingError | None) -> None:
+        seconds = time.monotonic() - started
+        if self._observe is not None:
+            self._observe(wire.model_name, model, exc, seconds, protocol=protocol)
+        if self._access:
+            access_log.info("infer protocol=%s model=%s version=%s id=%s status=%s ms=%.3f",
+                            protocol, wire.model_name[:100], wire.model_version[:20],
+                            wire.request_id()[:64], outcome, seconds * 1e3)

@@ -1,0 +1,122 @@
+"""KServe v2 gRPC messages <-> numpy arrays (the tensor checks live in server.kserve.tensors).
+
+Fixed-size datatypes decode with ``np.frombuffer`` (no per-element Python work).
+Every size is checked before any array is built, so a lying request gets a clear
+INVALID_ARGUMENT instead of a huge allocation or a crash.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.core.datatypes import V2_TO_NUMPY
+from server.core.errors import InvalidInputError
+from server.kserve.tensors import (HEAVY_ELEMENTS, InputHeader, chunked, encode_bytes,
+                                   from_raw, input_header)
+from server.protocol import grpc_service_pb2 as pb
+
+# Typed ``contents`` field for each datatype (Triton's mapping; FP16 only travels raw).
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
+    """The inputs' names, datatypes and shapes, checked for structure; no data is read.
+
+    Cheap on any request, so the model can refuse a wrong shape or batch size before
+    the (possibly huge) data is decoded.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
+                                f"{len(request.inputs)} inputs; send raw data for every "
+                                "input or for none")
+    seen: set[str] = set()
+    return [input_header(t.name, t.datatype, t.shape, seen) for t in request.inputs]
+
+
+def decode_is_heavy(request: pb.ModelInferRequest, headers: list[InputHeader]) -> bool:
+    """Whether decoding loops over many elements in Python (BYTES, typed contents):
+    such a request is decoded off the event loop."""
+    raw = None
+    for header in headers:
+        if header.count > HEAVY_ELEMENTS:
+            if raw is None:
+                raw = bool(request.raw_input_contents)
+            if header.datatype == "BYTES" or not raw:
+                return True
+    return False
+
+
+def request_inputs(request: pb.ModelInferRequest,
+                   headers: list[InputHeader] | None = None) -> dict[str, np.ndarray]:
+    """Decode every input of a request into a numpy array of its declared shape."""
+    if headers is None:
+        headers = input_headers(request)
+    raw = request.raw_input_contents
+    arrays: dict[str, np.ndarray] = {}
+    if raw:  # the usual form (tritonclient, perf_analyzer): no need for request.inputs
+        for header, data in zip(headers, raw):
+            name, datatype, shape, count = header
+            arrays[name] = from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
+        return arrays
+    for tensor, header in zip(request.inputs, headers):
+        arrays[header.name] = _from_contents(header.name, tensor, V2_TO_NUMPY[header.datatype],
+                                             header.shape, header.count)
+    return arrays
+
+
+def _from_contents(name, tensor, dtype, shape, count) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    if field is None:
+        raise InvalidInputError(f"input {name!r}: {tensor.datatype} data must be sent in "
+                                "raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != count:
+        raise InvalidInputError(f"input {name!r}: {len(values)} values in contents.{field}, "
+                                f"expected {count} for shape {list(shape)}")
+    try:
+        return chunked(values, count, dtype).reshape(shape)
+    except OverflowError:
+        raise InvalidInputError(f"input {name!r}: a value in contents.{field} does not fit "
+                                f"{tensor.datatype}") from None
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
+    return tuple(o.name for o in request.outputs)
+
+
+# Response headers (model, version, output names, datatypes, shapes) recur request
+# after request: each is built once and copied (one C call) instead of field by field.
+_TEMPLATES: dict[tuple, pb.ModelInferResponse] = {}
+_MAX_TEMPLATES = 4096
+
+
+def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
+                   outputs: dict[str, np.ndarray],
+                   datatypes: dict[str, str]) -> pb.ModelInferResponse:
+    """Always answer in raw_output_contents: tritonclient and perf_analyzer read only that."""
+    key = (model_name, version, *[(name, datatypes[name], value.shape)
+                                  for name, value in outputs.items()])
+    template = _TEMPLATES.get(key)
+    if template is None:
+        template = pb.ModelInferResponse(model_name=model_name, model_version=str(version))
+        for name, datatype, shape in key[2:]:
+            template.outputs.add(name=name, datatype=datatype, shape=shape)
+        if len(_TEMPLATES) >= _MAX_TEMPLATES:  # many shapes (e.g. variable lengths)
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = template
+    response = pb.ModelInferResponse()
+    response.CopyFrom(template)
+    response.id = request.id
+    raw = response.raw_output_contents
+    for name, value in outputs.items():
+        if datatypes[name] == "BYTES":
+            raw.append(encode_bytes(value))
+        else:
+            raw.append(np.ascontiguousarray(value).tobytes())
+    return response

@@ -1,0 +1,116 @@
+"""JSON's side of KServe v2 REST tensors: ``data`` arrays <-> numpy, and the small
+type checks every field of a request body goes through (errors quote the bad value)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.core.errors import InvalidInputError
+from server.kserve.tensors import HEAVY_ELEMENTS
+
+_JSON_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}  # others: ints
+
+
+def from_json(name, datatype, dtype, shape, count, data) -> np.ndarray:
+    """Row-major ``data`` (flat or nested) of JSON numbers, booleans or strings.
+
+    A long flat array converts a slice at a time: each slice is one short C call, so
+    converting it off the event loop never holds the GIL for long.
+    """
+    if not isinstance(data, list):
+        raise InvalidInputError(f"input {name!r}: 'data' must be a JSON array, got "
+                                f"{type(data).__name__}")
+    if datatype != "BYTES" and len(data) == count > HEAVY_ELEMENTS and not any(
+            isinstance(v, list) for v in data[:1]):
+        out = np.empty(count, dtype=dtype)
+        for start in range(0, count, HEAVY_ELEMENTS):
+            out[start:start + HEAVY_ELEMENTS] = _numbers(
+                name, datatype, dtype, data[start:start + HEAVY_ELEMENTS], None, shape)
+        return out.reshape(shape)
+    return _numbers(name, datatype, dtype, data, count, shape).reshape(shape)
+
+
+def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.ndarray:
+    """``data`` as a flat array of ``dtype``; ``count``: the elements expected (None:
+    a slice of a flat array whose length was checked)."""
+    try:
+        parsed = np.array(data, dtype=object if datatype == "BYTES" else None)
+    except (ValueError, TypeError):
+        raise InvalidInputError(f"input {name!r}: 'data' is a ragged nested array") from None
+    if count is not None and parsed.size != count:
+        raise InvalidInputError(f"input {name!r}: {parsed.size} values in 'data', expected "
+                                f"{count} for shape {list(shape)}")
+    if datatype == "BYTES":
+        return _strings(name, parsed.reshape(-1))
+    kinds = _JSON_KINDS.get(datatype, "iu")
+    if parsed.size and parsed.dtype.kind not in kinds:
+        expected = "booleans" if kinds == "b" else "integers" if kinds == "iu" else "numbers"
+        raise InvalidInputError(f"input {name!r}: {datatype} 'data' must hold JSON {expected}")
+    if parsed.size and kinds == "iu":
+        info = np.iinfo(dtype)
+        if parsed.min() < info.min or parsed.max() > info.max:
+            raise InvalidInputError(f"input {name!r}: a value in 'data' does not fit {datatype}")
+    return parsed.astype(dtype, copy=False).reshape(-1)
+
+
+def _strings(name: str, flat: np.ndarray) -> np.ndarray:
+    out = np.empty(flat.size, dtype=object)
+    for index, value in enumerate(flat):
+        if not isinstance(value, str):
+            raise InvalidInputError(f"input {name!r}: BYTES element {index} is "
+                                    f"{type(value).__name__}; send JSON strings")
+        out[index] = value.encode("utf-8", "surrogatepass")
+    return out
+
+
+def json_data(value: np.ndarray, datatype: str):
+    if datatype == "BYTES":
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                for v in value.reshape(-1)]
+    if datatype == "FP16":  # orjson serialises float32, not float16
+        value = value.astype(np.float32)
+    return np.ascontiguousarray(value).reshape(-1)
+
+
+# ---- small JSON type checks -----------------------------------------------------------
+def as_dict(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def as_list(value, what: str) -> list:
+    if not isinstance(value, list):
+        raise InvalidInputError(f"{what} must be a JSON array, got {type(value).__name__}")
+    return value
+
+
+def as_text(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be a string, got {value!r:.60}")
+    return value
+
+
+def as_flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be true or false, got {value!r:.60}")
+    return value
+
+
+def as_shape(name: str, value) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise InvalidInputError(f"input {name!r}: shape must be an array of integers, got "
+                                f"{value!r:.80}")
+    return tuple(value)
+
+
+def as_timeout(value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInputError(f"parameters.timeout {value!r:.40} is not a number of "
+                                "microseconds")
+    return value / 1e6 if value else None
