@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 
@@ -22,8 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         # Several serving processes: this one supervises and never imports gRPC or ORT.
         from server.cluster.supervisor import supervise
         return supervise(config, list(sys.argv[1:] if argv is None else argv))
+    supervisor_pid = None
     if config.worker_index >= 0:
         from server.cluster.supervisor import die_with_parent
+        supervisor_pid = os.getppid()
         die_with_parent()
     from server.app import serve
 
@@ -41,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("server").error("%s", exc)
         logging.shutdown()
         return 1
+    finally:
+        if supervisor_pid is not None:
+            from server.cluster.supervisor import remove_orphaned_folder
+            remove_orphaned_folder(config.worker_dir, supervisor_pid)
     logging.shutdown()
     return 0
 

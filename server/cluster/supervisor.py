@@ -90,6 +90,32 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+FOLDER_PREFIX = "onnxserve-workers-"
+
+
+def remove_orphaned_folder(folder: Path, supervisor_pid: int) -> None:
+    """A worker's last act when its supervisor was killed outright (it cannot clean up):
+    remove the private folder. The other workers' open sockets keep working."""
+    if os.getppid() != supervisor_pid:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_folders(temp_dir: Path) -> None:
+    """Folders of supervisors that died without cleaning up (``kill -9`` of the whole
+    group, a crash): their name carries the dead supervisor's pid."""
+    for folder in temp_dir.glob(FOLDER_PREFIX + "*"):
+        pid = folder.name[len(FOLDER_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed %s, left by a supervisor that was killed", folder)
+        except PermissionError:  # alive, someone else's
+            continue
+
+
 class Supervisor:
     def __init__(self, config: ServerConfig, argv: list[str], count: int):
         self.config = config
@@ -99,7 +125,8 @@ class Supervisor:
         self.restarts = 0
         self.stopping = False
         self.announced = False
-        self.folder = Path(tempfile.mkdtemp(prefix="onnxserve-workers-"))
+        remove_stale_folders(Path(tempfile.gettempdir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self.port = 0
         self.http_port = 0
         self._reserved: socket.socket | None = None
@@ -119,8 +146,7 @@ class Supervisor:
             self._start_metrics()
             if self.config.http_enabled:
                 # REST: the same SO_REUSEPORT pattern; its readiness, statistics and
-                # load/unload go through each worker's ClusterServicer
-                # (server.rest.cluster).
+                # load/unload go through each worker's dataplane and coordinator.
                 self._reserved_http = reserve_port(self.config.http_host,
                                                    self.config.http_port, "HTTP",
                                                    "--http-port")

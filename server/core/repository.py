@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,11 @@ from pathlib import Path
 from server.core.errors import (ModelLoadError, ModelNotFoundError, ModelNotReadyError,
                            RepositoryError, ServingError)
 from server.core.model import ModelVersion
+from server.core.folders import ModelFolders
 from server.core.model_config import CONFIG_FILE, read_model_config
 from server.core.runtime import RuntimeOptions, error_summary
 
 log = logging.getLogger("server.core.repository")
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
 
@@ -55,65 +53,22 @@ class IndexRow:
 class ModelRepository:
     def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0,
                  require_models: bool = True):
-        self.root = root.resolve()
+        self.folders = ModelFolders(root)
+        self.root = self.folders.root
         # Ready needs at least one model unless the operator loads models explicitly.
         self._require_models = require_models
         self._options = options
         self._drain_timeout_s = drain_timeout_s
         self._entries: dict[str, ModelEntry] = {}
         self._retired: set[asyncio.Task] = set()
-        self._discovered: tuple[str, ...] = ()  # model folders found by the last scan
         self.listeners: list = []  # callables(event, name, version, seconds, reason)
         # Coroutine functions awaited after every load or unload, failed ones included,
         # before the call returns: the server's health status follows readiness this way.
         self.on_change: list = []
 
-    # ---- discovery --------------------------------------------------------------------
-    def model_dir(self, name: str) -> Path:
-        """The folder of model ``name``, refusing anything that leaves the repository."""
-        if not _NAME_RE.fullmatch(name) or name in (".", ".."):
-            raise RepositoryError(f"model name {name!r} is not allowed: use letters, digits, "
-                                  "'_', '-' and '.', starting with a letter or digit")
-        path = self.root / name
-        resolved = path.resolve()
-        if resolved.parent != self.root:
-            raise RepositoryError(f"model {name!r} resolves outside the model repository; "
-                                  "symbolic links leading out are refused")
-        return path
-
-    def _inside(self, name: str, path: Path) -> bool:
-        """False (and a warning) for a file or folder that a symlink leads out of the repository."""
-        if path.resolve().is_relative_to(self.root):
-            return True
-        log.warning("model %s: %s leads outside the repository; ignored", name, path)
-        return False
-
     def discover(self) -> list[str]:
         """Model names: folders of the repository that hold a config.pbtxt."""
-        names = []
-        for child in sorted(self.root.iterdir()):
-            if child.is_dir() and (child / CONFIG_FILE).is_file():
-                try:
-                    self.model_dir(child.name)
-                except RepositoryError as exc:
-                    log.warning("skipping %s: %s", child, exc)
-                    continue
-                names.append(child.name)
-        self._discovered = tuple(names)
-        return names
-
-    def fingerprint(self, name: str) -> tuple:
-        """What a poll compares: the config's and every version folder's mtimes."""
-        path = self.model_dir(name)
-        try:
-            parts = [(CONFIG_FILE, (path / CONFIG_FILE).stat().st_mtime_ns)]
-            for child in sorted(path.iterdir()):
-                if child.is_dir() and child.name.isdigit():
-                    stamps = [f.stat().st_mtime_ns for f in child.iterdir() if f.is_file()]
-                    parts.append((child.name, child.stat().st_mtime_ns, max(stamps, default=0)))
-        except OSError:
-            return ()
-        return tuple(parts)
+        return self.folders.discover()
 
     # ---- loading ----------------------------------------------------------------------
     async def load(self, name: str) -> None:
@@ -173,7 +128,7 @@ class ModelRepository:
         name = entry.name
         started = time.monotonic()
         # Taken before reading the files: a change during the load is seen next poll.
-        fingerprint = self.fingerprint(name)
+        fingerprint = self.folders.fingerprint(name)
         entry.fingerprint = fingerprint
         if not entry.versions:
             entry.state, entry.reason = LOADING, "loading"
@@ -238,8 +193,8 @@ class ModelRepository:
 
     def _existing_model_dir(self, name: str) -> Path:
         """The folder of a model in the repository; refuses unknown or escaping names."""
-        path = self.model_dir(name)
-        if not self._inside(name, path / CONFIG_FILE):
+        path = self.folders.model_dir(name)
+        if not self.folders.inside(name, path / CONFIG_FILE):
             raise RepositoryError(f"model {name!r}: its config.pbtxt leads outside the "
                                   "repository; symbolic links leading out are refused")
         if not (path / CONFIG_FILE).is_file():
@@ -258,7 +213,7 @@ class ModelRepository:
         spec = await loop.run_in_executor(None, read_model_config, path)
         available = [int(c.name) for c in path.iterdir()
                      if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()
-                     and self._inside(name, c / spec.model_filename)]
+                     and self.folders.inside(name, c / spec.model_filename)]
         chosen = spec.version_policy.select(available)
         if not chosen:
             raise ModelLoadError(f"model {name!r}: no version folder with "
@@ -293,7 +248,7 @@ class ModelRepository:
 
     def check_unload(self, name: str) -> ModelEntry:
         """What unload would refuse (a bad or unknown name), without unloading."""
-        self.model_dir(name)  # the same name checks as load
+        self.folders.model_dir(name)  # the same name checks as load
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
@@ -347,10 +302,10 @@ class ModelRepository:
         """
         load = load or self.load
         unload = unload or self.unload
-        present = set(self.discover())
+        present = set(self.folders.discover())
         for name in sorted(present):
             entry = self._entries.get(name)
-            if entry is not None and entry.fingerprint == self.fingerprint(name):
+            if entry is not None and entry.fingerprint == self.folders.fingerprint(name):
                 continue
             try:
                 await load(name)
@@ -415,11 +370,11 @@ class ModelRepository:
         names = set(self._entries)
         if scan:
             try:
-                names.update(self.discover())
+                names.update(self.folders.discover())
             except OSError:
                 pass
         else:
-            names.update(self._discovered)
+            names.update(self.folders.discovered)
         for name in sorted(names):
             entry = self._entries.get(name)
             if entry is not None and entry.versions:

@@ -354,3 +354,36 @@ def test_rest_is_served_by_every_worker_as_one_server(cluster):
                                              metadata=LOCAL, timeout=10).ready, index
         finally:
             assert _rest(cluster, "POST", "/v2/repository/models/digits/unload")[0] == 200
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")  # a zombie is gone
+
+
+def test_a_killed_supervisor_leaves_no_worker_folder(tmp_path, models_dir):
+    """kill -9 of the supervisor: its workers drain and exit, and the last act of each is
+    to remove the private folder; a folder an earlier killed supervisor left behind (its
+    pid in the name is dead) is removed when the next supervisor starts."""
+    copy_mnist(models_dir, tmp_path, "")
+    stale = Path(os.environ.get("TMPDIR", "/tmp")) / "onnxserve-workers-999999999-stale"
+    stale.mkdir(exist_ok=True)
+    proc = ServerProcess(tmp_path, "--workers", "2")
+    try:
+        assert not stale.exists()
+        workers = _workers(proc)
+        folder = workers[0][1]
+        assert folder.is_dir() and folder.name.startswith(f"onnxserve-workers-{proc.proc.pid}-")
+        proc.proc.kill()
+        proc.proc.wait(30)
+        assert wait_until(lambda: not any(_alive(pid) for pid, _ in workers.values()), 120)
+        assert not folder.exists()
+    finally:
+        proc.stop()
+        for pid, _ in _workers(proc).values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
