@@ -2,70 +2,26 @@
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from training import datasets, export, plots, quantize, repository
-from training import mnist_model, sentiment_model
+from training import datasets, export, mnist_model, plots, quantize, repository
+from training.pipeline_common import (MODELS, SEED, TARGETS, Options, _card, _data_hashes, _log, _summary,
+                                      _with_model, int8_card, sha256)
+from training.sentiment_pipeline import SENTIMENT_DESCRIPTIONS, run_sentiment
 
-SEED = 1337
-# Release gates on the full test sets (quick mode skips them, never the parity check).
-TARGETS = {"mnist": 0.994, "sentiment": 0.900}
-MODELS = ("mnist", "sentiment")
+# The names callers use as pipeline.X; the shared ones live in pipeline_common (imported by
+# sentiment_pipeline too, so the package has no import cycle) and are re-exported from here.
+__all__ = ["MNIST_CALIBRATION_IMAGES", "MODELS", "SEED", "SENTIMENT_DESCRIPTIONS", "TARGETS", "AccuracyTargetError",
+           "Options", "format_table", "int8_card", "run", "run_mnist", "run_sentiment", "sha256"]
+
 MNIST_CALIBRATION_IMAGES = 2000  # training images for the INT8 activation ranges
-SENTIMENT_DESCRIPTIONS = {
-    "cnn": "Embedding -> Conv1D (3-gram filters) -> global max pooling -> Dense -> Dropout -> sigmoid.",
-    "bilstm": "Embedding -> Bidirectional LSTM -> global max pooling -> Dense -> Dropout -> sigmoid.",
-    "bigram_bag": "fastText-style bag of n-grams: mean of word embeddings and hashed word-bigram "
-                  "embeddings over the review's tokens -> Dropout -> Dense sigmoid (a linear model).",
-    "bilstm_bigram": "Embedding -> Bidirectional LSTM -> global max pooling, concatenated with a "
-                     "fastText-style bag of word and hashed word-pair embeddings -> sigmoid.",
-    "ngram": "Linear model over the distinct words, hashed word pairs and word triples of the text "
-             "(NBSVM-style logistic regression, Naive-Bayes scaled) -> sigmoid.",
-    "bilstm_ngram": "Embedding -> Bidirectional LSTM -> global max pooling, beside a linear model over the "
-                    "distinct words, hashed word pairs and word triples of the text (NBSVM-style logistic "
-                    "regression fitted first on the fit reviews, then frozen) -> one logit -> sigmoid.",
-}
 
 
 class AccuracyTargetError(RuntimeError):
     """A full-mode model was written but misses its accuracy target."""
-
-
-@dataclass
-class Options:
-    data_dir: str | None
-    repository: str = "models"
-    quick: bool = False
-    models: tuple[str, ...] = MODELS
-    epochs: dict = field(default_factory=dict)  # model name -> epoch override
-    sentiment_architecture: str = sentiment_model.DEFAULT_ARCHITECTURE
-
-    @property
-    def verbose(self) -> int:
-        return 2 if self.quick else 1
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _data_hashes(data_dir: str | None, patterns: list[str]) -> dict:
-    files = sorted(p for pat in patterns for p in glob.glob(os.path.join(data_dir or ".", pat)) if os.path.isfile(p))
-    return {os.path.basename(p): sha256(p) for p in files} or {"(downloaded by keras)": "see keras cache"}
-
-
-def _log(message: str) -> None:
-    print(f"[training] {message}", flush=True)
 
 
 def run_mnist(opts: Options) -> dict:
@@ -144,46 +100,6 @@ def _mnist_int8(opts, data, params, fp32_path, fp32_session, x_test, y_test, fp3
     return card
 
 
-def int8_card(opts, name, source, n_test, check, fp32_probs, int8_probs, speeds, speed_inputs, description,
-              interface, method, limitations, data_hashes, extra_metrics=None) -> dict:
-    """model_card.json content of an INT8 variant (rendered by repository._int8_markdown)."""
-    diff = float(np.max(np.abs(fp32_probs.astype(np.float64) - int8_probs.astype(np.float64))))
-    return {"name": name, "description": description, "quick": opts.quick, "interface": interface,
-            "metrics": {"test_examples": int(n_test), "test_accuracy_onnx": check["int8_accuracy"]},
-            "extra_metrics": extra_metrics or {},
-            "int8": {**check, "source_model": source, "method": method, "speed": speeds,
-                     "speed_inputs": speed_inputs, "max_abs_diff_vs_fp32": diff},
-            "data": {"sha256": data_hashes}, "versions": repository.library_versions(),
-            "limitations": limitations, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def _summary(name, labels, keras_classes, onnx_classes, parity_result, seconds, epochs_run) -> dict:
-    return {"model": name, "test_examples": int(len(labels)),
-            "test_accuracy_keras": float(np.mean(keras_classes == labels)),
-            "test_accuracy_onnx": float(np.mean(onnx_classes == labels)),
-            "parity": parity_result, "training_seconds": float(seconds), "epochs_run": int(epochs_run)}
-
-
-def _with_model(summary: dict, model) -> dict:
-    """The in-memory Keras model rides along for callers (tests re-check parity); never serialized."""
-    return {**summary, "keras_model": model}
-
-
-def _card(opts, summary, hyperparameters, history, data_hashes, description, interface, data_text, validation,
-          limitations, figures) -> dict:
-    return {
-        "name": summary["model"], "description": description, "quick": opts.quick, "interface": interface,
-        "metrics": {k: summary[k] for k in ("test_examples", "test_accuracy_onnx", "test_accuracy_keras")},
-        "target_accuracy": TARGETS[summary["model"]], "parity": summary["parity"],
-        "data": {"description": data_text, "validation": validation, "sha256": data_hashes},
-        "training": {"seconds": round(summary["training_seconds"], 1), "epochs_run": summary["epochs_run"],
-                     "seed": SEED, "hyperparameters": hyperparameters,
-                     "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.items()}},
-        "versions": repository.library_versions(), "limitations": limitations, "figures": figures,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def format_table(summaries: list[dict]) -> str:
     header = ("model", "acc (Keras)", "acc (ONNX RT)", "max |diff|", "class agreement", "train time", "epochs")
     rows = [header] + [(s["model"], f"{s['test_accuracy_keras']:.4f}", f"{s['test_accuracy_onnx']:.4f}",
@@ -197,8 +113,6 @@ def format_table(summaries: list[dict]) -> str:
 
 def run(opts: Options) -> list[dict]:
     """Runs the selected models; raises AccuracyTargetError (after writing everything) on a missed target."""
-    from training.sentiment_pipeline import run_sentiment
-
     runners = {"mnist": run_mnist, "sentiment": run_sentiment}
     summaries = []
     for name in opts.models:

@@ -11,11 +11,23 @@ import os
 import numpy as np
 
 from training import calibration, datasets, export, plots, quantize, repository, sentiment_model
+from training.pipeline_common import SEED, Options, _card, _data_hashes, _log, _summary, _with_model, int8_card
 from training.text_eval import NEUTRAL_TEXTS, load_probe, score_texts
-from training.pipeline import (SEED, SENTIMENT_DESCRIPTIONS, Options, _card, _data_hashes, _log, _summary,
-                               _with_model, int8_card)
 
 GATES = {"probe_accuracy": 0.90, "test_ece": 0.03, "neutral_low": 0.4, "neutral_high": 0.6}
+SENTIMENT_DESCRIPTIONS = {
+    "cnn": "Embedding -> Conv1D (3-gram filters) -> global max pooling -> Dense -> Dropout -> sigmoid.",
+    "bilstm": "Embedding -> Bidirectional LSTM -> global max pooling -> Dense -> Dropout -> sigmoid.",
+    "bigram_bag": "fastText-style bag of n-grams: mean of word embeddings and hashed word-bigram "
+                  "embeddings over the review's tokens -> Dropout -> Dense sigmoid (a linear model).",
+    "bilstm_bigram": "Embedding -> Bidirectional LSTM -> global max pooling, concatenated with a "
+                     "fastText-style bag of word and hashed word-pair embeddings -> sigmoid.",
+    "ngram": "Linear model over the distinct words, hashed word pairs and word triples of the text "
+             "(NBSVM-style logistic regression, Naive-Bayes scaled) -> sigmoid.",
+    "bilstm_ngram": "Embedding -> Bidirectional LSTM -> global max pooling, beside a linear model over the "
+                    "distinct words, hashed word pairs and word triples of the text (NBSVM-style logistic "
+                    "regression fitted first on the fit reviews, then frozen) -> one logit -> sigmoid.",
+}
 
 
 def _logits(model, buckets: dict) -> tuple[np.ndarray, np.ndarray]:
