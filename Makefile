@@ -56,7 +56,7 @@ pathbench: $(VENV)/.serve
 # Interleaved rounds against Triton and the do-nothing server of ../shared/peers
 # (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
 peer-compare: $(VENV)/.dev
-	$(PY) tools/peer_compare.py --null-server ../shared/peers/null_server.py --sentiment
+	$(PY) -m tools.peer_compare --null-server ../shared/peers/null_server.py --sentiment
 
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
 .PHONY: bench-rest

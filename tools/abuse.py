@@ -1,6 +1,6 @@
 """``python -m tools.abuse``: attack a real server from the outside and measure the harm.
 
-Each scenario starts a fresh server (``tools.soak.Server``), attacks it from this
+Each scenario starts a fresh server (``tools.soak.Server``, on ``tools.launcher``), attacks it from this
 process while bystander clients in another process send 1-image mnist requests, and
 prints what the attack cost them: their p99 latency and failures, the server's resident
 memory, its throughput. A scenario fails when a goal is missed (exit code 1):
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import socket
-import struct
 import sys
 import threading
 import time
@@ -34,10 +33,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from server.client import encode_bytes
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
+from tools.launcher import raise_fd_limit
 from tools.soak import Server, mnist_request
-from server.app import raise_fd_limit
 
 MIB = 1 << 20
 
@@ -117,10 +117,10 @@ def heavy_requests() -> dict[str, pb.ModelInferRequest]:
     rows = 15_000_000 // 784
     fp32.inputs.add(name="image", datatype="FP32", shape=[rows, 28, 28, 1])
     fp32.inputs[0].contents.fp32_contents.extend(np.zeros(rows * 784, np.float32))
-    return {"60 MiB of text": _text_request(struct.pack("<I", len(text)) + text),
+    return {"60 MiB of text": _text_request(encode_bytes([text])),
             "15 M empty BYTES": _text_request(b"\0\0\0\0" * empties, rows=empties),
             "15 M typed FP32": fp32,
-            "30 MB NFKC x18": _text_request(struct.pack("<I", len(nfkc)) + nfkc)}
+            "30 MB NFKC x18": _text_request(encode_bytes([nfkc]))}
 
 
 def scenario_memory(server: Server, count: int = 16) -> bool:
@@ -180,7 +180,7 @@ def scenario_scrape(server: Server) -> bool:
     scrapes = [0]
 
     def scraper() -> None:
-        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        url = server.metrics_url
         while not stop.is_set():
             with urllib.request.urlopen(url, timeout=30) as reply:
                 reply.read()
@@ -208,7 +208,7 @@ def scenario_h2flood(server: Server, streams: int = 100_000) -> bool:
         return True
     bystanders = Bystanders(server.address, seconds=15)
     time.sleep(2)
-    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock = socket.create_connection(("127.0.0.1", server.grpc_port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     headers = [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"),
@@ -242,14 +242,14 @@ def scenario_idle(server: Server, count: int = 1100) -> bool:
     sockets = []
     try:
         for _ in range(count):  # each: the HTTP/2 preface and SETTINGS, then silence
-            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock = socket.create_connection(("127.0.0.1", server.grpc_port))
             sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             sockets.append(sock)
         time.sleep(1)
         with grpc.insecure_channel(server.address) as fresh:
             code = _call(pb_grpc.GRPCInferenceServiceStub(fresh),
                          mnist_request(np.zeros((1, 28, 28, 1), np.float32)))
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+        with urllib.request.urlopen(server.metrics_url) as r:
             lines = [line for line in r.read().decode().splitlines()
                      if line.startswith("onnxserve_grpc_connections ")]
     finally:

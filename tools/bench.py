@@ -21,17 +21,17 @@ import json
 import multiprocessing
 import os
 import re
-import signal
-import subprocess
 import sys
 import tarfile
-import threading
 import time
+import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tools.launcher import LaunchError, ServerLauncher
 
 MODELS = ("mnist", "sentiment")
 # INT8 variants written by `make train-export`: benchmarked beside FP32 when the repository has them.
@@ -47,7 +47,6 @@ def default_models(repository: Path) -> str:
     present = [m for m in INT8_MODELS if (repository / m / "config.pbtxt").is_file()]
     return ",".join([*MODELS, *present])
 SAMPLES = 256  # distinct inputs cycled through per model
-_GRPC_RE = re.compile(r"gRPC listening on \S+:(\d+)")
 
 
 def _say(message: str) -> None:
@@ -93,22 +92,46 @@ def reviews(count: int = SAMPLES) -> tuple[list[str], str]:
 
 
 def build_requests(model: str) -> list:
-    """ModelInferRequests of one input row each."""
-    from server.protocol import grpc_service_pb2 as pb
+    """ModelInferRequests of one input row each (texts in the typed BYTES field)."""
+    from server.client import image_request, text_request
 
-    out = []
     if is_image_model(model):
-        for image in mnist_images()[0]:
-            request = pb.ModelInferRequest(model_name=model)
-            request.inputs.add(name="image", datatype="FP32", shape=[1, 28, 28, 1])
-            request.raw_input_contents.append(image.tobytes())
-            out.append(request)
-        return out
-    for text in reviews()[0]:
-        request = pb.ModelInferRequest(model_name=model)
-        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[1, 1])
-        tensor.contents.bytes_contents.append(text.encode("utf-8"))
-        out.append(request)
+        return [image_request(model, image[np.newaxis]) for image in mnist_images()[0]]
+    return [text_request(model, [text], raw=False) for text in reviews()[0]]
+
+
+# Close to the server's tokenizer (server/core/tokenizer.py), which the tools must not
+# import: HTML tags -> space, NFKC, folded apostrophes, lower case, then words.
+_TAG_RE = re.compile(r"<[^>]{0,200}>")
+_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+
+
+def padded_token_ids(version_dir: Path, texts: list[str]) -> list[np.ndarray]:
+    """int32 token ids of each text, pre-padded to its length bucket: the text model's
+    input, for feeding bare ONNX Runtime.
+
+    Read from the model's own ``tokenizer.json`` and ``vocab.txt`` (ids 0 and 1 are
+    padding and out-of-vocabulary; line i of the vocabulary is id i + 2) with a simple
+    word splitter like the server's, not the server's tokenizer itself: rare texts may
+    differ by a token, which cannot move a throughput ceiling that depends on the
+    padded lengths alone.
+    """
+    config = json.loads((version_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocabulary = (version_dir / config.get("vocabulary_file", "vocab.txt")).read_text(
+        encoding="utf-8").split("\n")
+    ids = {word: index + 2 for index, word in enumerate(vocabulary) if word}
+    max_tokens = int(config.get("max_tokens", 512))
+    buckets = [int(b) for b in config.get("buckets", [max_tokens])]
+    out = []
+    for text in texts:
+        normal = _TAG_RE.sub(" ", unicodedata.normalize("NFKC", text))
+        words = _WORD_RE.findall(normal.translate(_APOSTROPHES).lower())[-max_tokens:]
+        bucket = next((b for b in buckets if len(words) <= b), buckets[-1])
+        row = np.zeros(bucket, np.int32)
+        if words:
+            row[-len(words):] = [ids.get(word, 1) for word in words]
+        out.append(row)
     return out
 
 
@@ -172,48 +195,24 @@ async def _drive(url: str, requests: list, concurrency: int, duration_s: float,
 
 
 # ---- the server -----------------------------------------------------------------------
-class BenchServer:
-    """``python -m server`` on an OS-chosen port, until :meth:`stop`."""
+class BenchServer(ServerLauncher):
+    """``python -m server`` on OS-chosen ports (``tools.launcher``), until :meth:`stop`;
+    metrics on, as deployed. ``cwd`` picks the checkout that serves (peer_compare)."""
 
-    def __init__(self, repository: Path, *extra: str, timeout_s: float = 180.0):
-        args = [sys.executable, "-m", "server", "--model-repository", str(repository),
-                "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-host", "127.0.0.1",
-                "--http-host", "127.0.0.1", "--http-port", "0",
-                "--metrics-port", "0",  # as deployed: metrics on
-                *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self.port: int | None = None
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip())
-                if (m := _GRPC_RE.search(line)) and self.port is None:
-                    self.port = int(m.group(1))
-                if "server ready" in line or "NOT ready" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(timeout_s)
-        if self.port is None or not any("server ready" in line for line in self.lines):
-            self.stop()
+    def __init__(self, repository: Path, *extra: str, timeout_s: float = 180.0,
+                 cwd: Path | None = None):
+        try:
+            super().__init__(repository, *extra, cwd=cwd, ready_timeout_s=timeout_s)
+        except LaunchError:
             raise SystemExit("bench: the server did not become ready:\n"
-                             + "\n".join(self.lines[-20:]))
+                             + self.log_tail(20)) from None
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        return super().stop(timeout_s)
 
 
 def batch_counters(url: str, model: str) -> tuple[int, int]:
@@ -293,8 +292,6 @@ def ort_throughput(repository: Path, models: list[str], sizes: list[int], thread
     """Rows/s of one in-process session per model at fixed batch sizes: the ceiling."""
     import onnxruntime as ort
 
-    from server.core.tokenizer import Tokenizer
-
     out = []
     for model in models:
         version_dir = max((d for d in (repository / model).iterdir() if d.name.isdigit()),
@@ -308,8 +305,7 @@ def ort_throughput(repository: Path, models: list[str], sizes: list[int], thread
         if is_image_model(model):
             pool, note = mnist_images()[0], "MNIST images"
         else:
-            tokenizer = Tokenizer.from_directory(version_dir)
-            encoded = [tokenizer.encode_padded(t) for t in reviews()[0]]
+            encoded = padded_token_ids(version_dir, reviews()[0])
             lengths = [len(e) for e in encoded]
             bucket = max(set(lengths), key=lengths.count)  # the most common length bucket
             dtype = np.int32 if "int32" in session.get_inputs()[0].type else np.int64

@@ -1,20 +1,20 @@
 """Interleaved rounds against the peers of ../shared/peers: our server (1 and N workers,
 optionally an older checkout too), Triton and the do-nothing grpc.aio server.
 
-    python bench/peer_compare.py [--rounds 2] [--duration-s 4] [--workers 1,2]
+    python -m tools.peer_compare [--rounds 2] [--duration-s 4] [--workers 1,2]
         [--before /path/to/older/checkout] [--triton 127.0.0.1:18001 --triton-pid PID]
         [--null-server ../shared/peers/null_server.py]
 
 Every server stays up; each round drives each one in turn (same client, same machine),
 so slow drifts in the machine's load hit all of them alike. Prints per round and the
 median of rounds: MNIST 1-image c=1 p50, c=32 req/s, server CPU ms per request, and
-sentiment raw text c=32 for our servers. Figures only.
+sentiment raw text c=32 for our servers. Figures only. Also runs as a script
+(``python tools/peer_compare.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -22,22 +22,19 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: make ``tools`` importable
+    sys.path.insert(0, str(ROOT))
 
 from tools.bench import BenchServer, _levels, sweep  # noqa: E402
 
 
 def _start_ours(checkout: Path, workers: int) -> BenchServer:
-    here = os.getcwd()
-    os.chdir(checkout)  # python -m server runs that checkout's code
-    try:
-        return BenchServer(checkout / "models", "--workers", str(workers))
-    finally:
-        os.chdir(here)
+    # python -m server runs in (so serves) that checkout's code
+    return BenchServer(checkout / "models", "--workers", str(workers), cwd=checkout)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.peer_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration-s", type=float, default=4.0)

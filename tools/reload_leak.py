@@ -1,6 +1,8 @@
 """RSS and threads of a real server over N reloads under light load (issue #9, item 7).
 
-    .venv/bin/python tools/reload_leak.py [--reloads 30] [--models mnist,sentiment]
+    .venv/bin/python -m tools.reload_leak [--reloads 30] [--models mnist,sentiment]
+
+(or ``.venv/bin/python tools/reload_leak.py``).
 
 Starts ``python -m server`` on the committed repository in explicit mode, keeps four
 clients sending mnist and sentiment requests, reloads the models in turn and prints
@@ -18,15 +20,12 @@ import grpc
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script: make ``server`` and ``tools`` importable
+    sys.path.insert(0, str(ROOT))
 
 from server.protocol import grpc_service_pb2 as pb  # noqa: E402
 from server.protocol import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 from tools.soak import Server, mnist_request, sentiment_request  # noqa: E402
-
-
-def threads(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
 async def client(address: str, stop: asyncio.Event, counts: dict) -> None:
@@ -49,12 +48,11 @@ async def client(address: str, stop: asyncio.Event, counts: dict) -> None:
 async def run(reloads: int, models: list[str]) -> None:
     server = Server(ROOT / "models", [])
     server.wait_ready()
-    pid = server.proc.pid
     stop, counts = asyncio.Event(), {}
     clients = [asyncio.ensure_future(client(server.address, stop, counts)) for _ in range(4)]
     try:
         await asyncio.sleep(2)
-        rss0, threads0 = server.rss_mib(), threads(pid)
+        rss0, threads0 = server.rss_mib(), server.threads()
         peak_rss, peak_threads = rss0, threads0
         print(f"start: RSS {rss0:.0f} MiB, {threads0} threads", flush=True)
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -62,11 +60,11 @@ async def run(reloads: int, models: list[str]) -> None:
             for number in range(1, reloads + 1):
                 name = models[(number - 1) % len(models)]
                 await stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name=name))
-                rss, count = server.rss_mib(), threads(pid)
+                rss, count = server.rss_mib(), server.threads()
                 peak_rss, peak_threads = max(peak_rss, rss), max(peak_threads, count)
                 print(f"reload {number} {name}: RSS {rss:.0f} MiB, {count} threads", flush=True)
         await asyncio.sleep(2)  # the last replaced version drains and unloads
-        rss1, threads1 = server.rss_mib(), threads(pid)
+        rss1, threads1 = server.rss_mib(), server.threads()
         print(f"end: RSS {rss1:.0f} MiB ({rss1 - rss0:+.0f}, peak {peak_rss:.0f}), "
               f"{threads1} threads ({threads1 - threads0:+d}, peak {peak_threads}); "
               f"requests {counts}")
@@ -77,7 +75,8 @@ async def run(reloads: int, models: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.reload_leak",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--reloads", type=int, default=30)
     parser.add_argument("--models", default="mnist,sentiment")
     args = parser.parse_args()

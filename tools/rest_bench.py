@@ -19,20 +19,16 @@ import asyncio
 import json
 import multiprocessing
 import os
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from tools.launcher import LaunchError, ServerLauncher
+
 PROTOCOLS = ("grpc", "rest-binary", "rest-json")
-_PORT_RE = {"grpc": re.compile(r"gRPC listening on \S+:(\d+)"),
-            "http": re.compile(r"HTTP listening on \S+:(\d+)")}
 
 
 def rest_bodies(images: np.ndarray, binary: bool) -> list[tuple[bytes, dict]]:
@@ -122,29 +118,18 @@ def served(http_port: int) -> int:
     return sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
 
 
-def start_server(repository: Path, extra: list[str]) -> tuple[subprocess.Popen, dict]:
-    args = [sys.executable, "-m", "server", "--model-repository", str(repository),
-            "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--http-host", "127.0.0.1",
-            "--http-port", "0", "--metrics-host", "127.0.0.1", "--metrics-port", "0", *extra]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    ports: dict[str, int] = {}
-    ready = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:
-            for kind, pattern in _PORT_RE.items():
-                if (m := pattern.search(line)) and kind not in ports:
-                    ports[kind] = int(m.group(1))
-            if "server ready" in line or "NOT ready" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(180) or len(ports) != 2:
-        proc.kill()
-        raise SystemExit("rest_bench: the server did not become ready")
-    return proc, ports
+def start_server(repository: Path, extra: list[str]) -> ServerLauncher:
+    """The server (``tools.launcher``) with gRPC and REST on OS-chosen ports."""
+    server = ServerLauncher(repository, *extra, wait=False)
+    try:
+        server.wait_ready(180)
+    except LaunchError:
+        raise SystemExit("rest_bench: the server did not become ready:\n"
+                         + server.log_tail(20)) from None
+    if server.http_port is None:
+        server.stop()
+        raise SystemExit("rest_bench: the server has no REST port (--http-enabled false?)")
+    return server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--server-args", default="", help="extra server flags, space separated")
     args = parser.parse_args(argv)
-    proc, ports = start_server(args.model_repository, args.server_args.split())
+    server = start_server(args.model_repository, args.server_args.split())
+    pid = server.pid
     results: dict[str, list[dict]] = {p: [] for p in PROTOCOLS}
     try:
         ctx = multiprocessing.get_context("spawn")
@@ -163,19 +149,19 @@ def main(argv: list[str] | None = None) -> int:
             client_pid = worker.submit(os.getpid).result()
             for _ in range(args.rounds):
                 for protocol in PROTOCOLS:
-                    cpu0, count0 = server_cpu_s(proc.pid), served(ports["http"])
+                    cpu0, count0 = server_cpu_s(pid), served(server.http_port)
                     client0 = server_cpu_s(client_pid)
                     if protocol == "grpc":
-                        job = worker.submit(run_grpc_load, f"127.0.0.1:{ports['grpc']}",
+                        job = worker.submit(run_grpc_load, server.address,
                                             args.concurrency, args.duration_s, 1.0)
                     else:
-                        job = worker.submit(run_rest_load, f"http://127.0.0.1:{ports['http']}",
+                        job = worker.submit(run_rest_load, server.http_url,
                                             protocol == "rest-binary", args.concurrency,
                                             args.duration_s, 1.0)
                     point = job.result()
-                    count = max(1, served(ports["http"]) - count0)
+                    count = max(1, served(server.http_port) - count0)
                     point["server_cpu_us_per_request"] = 1e6 * (
-                        server_cpu_s(proc.pid) - cpu0) / count
+                        server_cpu_s(pid) - cpu0) / count
                     point["client_cpu_us_per_request"] = 1e6 * (
                         server_cpu_s(client_pid) - client0) / count
                     results[protocol].append(point)
@@ -185,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                           f" client {point['client_cpu_us_per_request']:4.0f}"
                           f"  errors {point['errors']}", file=sys.stderr, flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        server.stop(60)
     best = {p: max(r["throughput_rps"] for r in rows) for p, rows in results.items()}
     cpu = {p: min(r["server_cpu_us_per_request"] for r in rows) for p, rows in results.items()}
     for protocol in PROTOCOLS[1:]:

@@ -19,14 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
 import random
-import re
-import signal
 import struct
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,91 +29,43 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from server.client import ClientError, image_request, output_array, text_request
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-from server.kserve.tensors import encode_bytes
+from tools.launcher import LaunchError, ScreenedServer
 
-_PORT_RE = re.compile(r"gRPC listening on \S+:(\d+)")
-_METRICS_RE = re.compile(r"metrics listening on http://\S+:(\d+)/metrics")
-_BAD_LOG = ("Traceback", "failed unexpectedly", "never retrieved", "Task was destroyed")
 TEXTS = [b"a wonderful, moving film with great acting", b"dull, slow and far too long",
          "caf\u00e9 \u2603 d\u00e9j\u00e0 vu".encode(), b"ok " * 400]
 
 
 # ---- the server under test -------------------------------------------------------------
-class Server:
-    """``python -m server`` as a subprocess; its log is read (and screened) in a thread."""
+class Server(ScreenedServer):
+    """``python -m server`` (explicit model control, mnist and sentiment loaded) from
+    ``tools.launcher``; log lines with tracebacks are set aside in ``bad_lines`` and
+    only the newest 5,000 lines are kept. Call :meth:`wait_ready` after constructing."""
 
     def __init__(self, repository: Path, extra: list[str]):
-        args = [sys.executable, "-m", "server", "--model-repository", str(repository),
-                "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-host", "127.0.0.1",
-                "--http-host", "127.0.0.1", "--http-port", "0",
-                "--metrics-port", "0", "--model-control-mode", "explicit",
-                "--startup-models", "mnist,sentiment", *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, errors="replace",
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.port: int | None = None
-        self.metrics_port: int | None = None
-        self.bad_lines: list[str] = []
-        self.tail: collections.deque[str] = collections.deque(maxlen=50)
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(repository, "--model-control-mode", "explicit",
+                         "--startup-models", "mnist,sentiment", *extra,
+                         wait=False, max_lines=5000)
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            line = line.rstrip("\n")
-            self.tail.append(line)
-            if (m := _PORT_RE.search(line)) and self.port is None:
-                self.port = int(m.group(1))
-            if (m := _METRICS_RE.search(line)) and self.metrics_port is None:
-                self.metrics_port = int(m.group(1))
-            if "server ready" in line or "NOT ready" in line:
-                self._ready.set()
-            if any(marker in line for marker in _BAD_LOG):
-                self.bad_lines.append(line)
-        self._ready.set()
-
-    def wait_ready(self, timeout_s: float = 180) -> None:
-        if not self._ready.wait(timeout_s) or self.proc.poll() is not None or not self.port:
-            raise RuntimeError("server did not become ready:\n" + "\n".join(self.tail))
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+    def wait_ready(self, timeout_s: float = 180, expect_ready: bool = True) -> None:
+        try:
+            super().wait_ready(timeout_s, expect_ready)
+        except LaunchError:
+            raise RuntimeError("server did not become ready:\n" + self.log_tail(50)) from None
 
     def stop(self, timeout_s: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait()
+        return super().stop(timeout_s)
 
 
 # ---- requests --------------------------------------------------------------------------
 def mnist_request(images: np.ndarray) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="mnist")
-    request.inputs.add(name="image", datatype="FP32", shape=images.shape)
-    request.raw_input_contents.append(np.ascontiguousarray(images, np.float32).tobytes())
-    return request
+    return image_request("mnist", images)
 
 
 def sentiment_request(texts: list[bytes]) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="sentiment")
-    request.inputs.add(name="text", datatype="BYTES", shape=[len(texts), 1])
-    request.raw_input_contents.append(encode_bytes(np.array(texts, dtype=object)))
-    return request
+    return text_request("sentiment", texts)  # raw, length-prefixed BYTES
 
 
 def bad_requests() -> list[tuple[str, pb.ModelInferRequest, grpc.StatusCode]]:
@@ -179,14 +126,6 @@ class Tally:
         self.failures[what[:200]] += 1
 
 
-def _decode(reply: pb.ModelInferResponse, name: str) -> np.ndarray:
-    for index, tensor in enumerate(reply.outputs):
-        if tensor.name == name:
-            data = np.frombuffer(reply.raw_output_contents[index], np.float32)
-            return data.reshape(tuple(tensor.shape))
-    raise ValueError(f"no output {name!r} in the reply")
-
-
 class Load:
     def __init__(self, client, reference: MnistReference, tally: Tally, seed: int):
         self.client = client
@@ -203,10 +142,10 @@ class Load:
         try:
             reply = await self.client.ModelInfer(
                 mnist_request(self.images[start:start + count]), timeout=30)
-            got = _decode(reply, "probabilities")
+            got = output_array(reply, "probabilities")
             if not np.allclose(got, self.expected[start:start + count], rtol=1e-4, atol=1e-5):
                 raise ValueError("mnist answer differs from ONNX Runtime's")
-        except (grpc.aio.AioRpcError, ValueError) as exc:
+        except (grpc.aio.AioRpcError, ValueError, ClientError) as exc:
             self.tally.good_failed += 1
             self.tally.fail(f"mnist: {_describe(exc)}")
             return
@@ -216,11 +155,11 @@ class Load:
         texts = self.rng.sample(TEXTS, self.rng.randint(1, 3))
         try:
             reply = await self.client.ModelInfer(sentiment_request(texts), timeout=30)
-            got = _decode(reply, "probability")
+            got = output_array(reply, "probability")
             if got.shape != (len(texts), 1) or not ((got >= 0) & (got <= 1)).all():
                 raise ValueError(f"sentiment answer {got.ravel()} is not {len(texts)} "
                                  "probabilities")
-        except (grpc.aio.AioRpcError, ValueError) as exc:
+        except (grpc.aio.AioRpcError, ValueError, ClientError) as exc:
             self.tally.good_failed += 1
             self.tally.fail(f"sentiment: {_describe(exc)}")
             return

@@ -4,86 +4,28 @@
     python -m server.client sentiment "a wonderful film" "a dull one"
     cat reviews.txt | python -m server.client sentiment      # one text per line (or "-")
 
-Speaks the KServe v2 gRPC protocol through this package's own stubs and plain grpcio
-(no tritonclient), so it runs from the serving install; reading images needs Pillow
-(the ``client`` extra). Every failure is one line on stderr and a non-zero exit.
+Only the command line lives here: connecting, building requests and reading replies is
+the public API in :mod:`server.client.api` (KServe v2 gRPC through the package's own
+stubs and plain grpcio, no tritonclient, so it runs from the serving install); reading
+images needs Pillow (the ``client`` extra). Every failure is one line on stderr and a
+non-zero exit. Like the rest of the package, it imports nothing from the server but
+``server.protocol``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-import grpc
 import numpy as np
 
-from server.protocol import grpc_service_pb2 as pb
-from server.protocol import grpc_service_pb2_grpc as pb_grpc
+from server.client.api import (DEFAULT_URL, ClientError, Connection, connect, image_request,
+                               output_array, text_request)
 
-DEFAULT_URL = "localhost:8001"
 TEXT_CHUNK = 32  # texts per request when reading many lines (below max_batch_size)
 EXIT_FAILED, EXIT_USAGE = 1, 2
-
-
-class ClientError(Exception):
-    """A failure worth one clear line to the user."""
-
-
-@dataclass
-class Connection:
-    url: str
-    timeout_s: float
-    stub: pb_grpc.GRPCInferenceServiceStub
-
-    def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
-        try:
-            return self.stub.ModelInfer(request, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            raise ClientError(describe_rpc_error(exc, self.url, self.timeout_s)) from None
-
-
-def describe_rpc_error(exc: grpc.RpcError, url: str, timeout_s: float) -> str:
-    code, details = exc.code(), (exc.details() or "").strip()
-    if code == grpc.StatusCode.UNAVAILABLE and _unreachable(details):
-        reason = details.splitlines()[0].rsplit(":", 1)[-1].strip(" ]") if details else "no reply"
-        return f"cannot reach server at {url}: is it running? ({reason})"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"no answer from {url} within {timeout_s:g} s (raise --timeout?)"
-    return f"server at {url} answered {code.name}: {details}"
-
-
-def _unreachable(details: str) -> bool:
-    lowered = details.lower()
-    return any(s in lowered for s in ("connect", "dns", "resolv", "lookup", "unreachable", "refused"))
-
-
-def connect(url: str, timeout_s: float, ca_file: Path | None = None) -> Connection:
-    target = url.split("://", 1)[-1].rstrip("/")
-    if ca_file is not None or url.startswith("grpcs://"):
-        try:
-            roots = ca_file.read_bytes() if ca_file else None
-        except OSError as exc:
-            raise ClientError(f"cannot read --ca-file {str(ca_file)!r}: {exc.strerror}") from None
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(roots))
-    else:
-        channel = grpc.insecure_channel(target)
-    return Connection(url, timeout_s, pb_grpc.GRPCInferenceServiceStub(channel))
-
-
-def output_array(response: pb.ModelInferResponse, name: str) -> np.ndarray:
-    for index, tensor in enumerate(response.outputs):
-        if tensor.name == name:
-            shape = tuple(tensor.shape)
-            if response.raw_output_contents:
-                raw = response.raw_output_contents[index]
-                return np.frombuffer(raw, dtype=np.float32).reshape(shape)
-            return np.asarray(tensor.contents.fp32_contents, np.float32).reshape(shape)
-    names = [t.name for t in response.outputs]
-    raise ClientError(f"the server's answer has no output {name!r} (it sent {names}); "
-                      "is this the right model?")
 
 
 # ---- mnist ----------------------------------------------------------------------------
@@ -94,10 +36,7 @@ def classify_digits(conn: Connection, model: str, paths: Sequence[Path]) -> list
         images = np.stack([load_digit(p) for p in paths])
     except ImageError as exc:
         raise ClientError(str(exc)) from None
-    request = pb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="image", datatype="FP32", shape=list(images.shape))
-    request.raw_input_contents.append(images.astype(np.float32).tobytes())
-    probabilities = output_array(conn.infer(request), "probabilities")
+    probabilities = output_array(conn.infer(image_request(model, images)), "probabilities")
     return [_digit_line(path, row) for path, row in zip(paths, probabilities)]
 
 
@@ -111,9 +50,7 @@ def _digit_line(path: Path, probabilities: np.ndarray) -> str:
 # ---- sentiment ------------------------------------------------------------------------
 def score_texts(conn: Connection, model: str, texts: Iterable[str]) -> Iterator[str]:
     for chunk in _chunks(texts, TEXT_CHUNK):
-        request = pb.ModelInferRequest(model_name=model)
-        tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(chunk), 1])
-        tensor.contents.bytes_contents.extend(t.encode("utf-8") for t in chunk)
+        request = text_request(model, chunk, raw=False)  # typed bytes_contents, as ever
         positive = output_array(conn.infer(request), "probability").reshape(-1)
         for text, p in zip(chunk, positive):
             label, confidence = ("positive", p) if p >= 0.5 else ("negative", 1.0 - p)
