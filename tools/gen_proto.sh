@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the Python protobuf/gRPC stubs in server/protocol/ from the
 # .proto files in proto/server/protocol/. The output is committed; run this
-# after every .proto change (tests/server/test_protocol.py checks the stubs
+# after every .proto change (tests/unit/protocol/test_protocol.py checks the stubs
 # are in sync). Use the pinned grpcio-tools from the `dev` extra so the
 # generated files are byte-identical across machines.
 set -euo pipefail

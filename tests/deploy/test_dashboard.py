@@ -18,8 +18,8 @@ import pytest
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.deploy.manifests import MONITORING, documents
-from tests.server.loadkit import scrape
-from tests.server.wire import image_request, text_request
+from tests.support.loadkit import scrape
+from tests.support.wire import image_request, text_request
 
 # Exported only where NVML sees a GPU (nvidia-ml-py in the GPU image): exempt when the
 # test machine has none, checked like the rest when it has.
