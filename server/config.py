@@ -67,7 +67,7 @@ class ServerConfig:
     # Repository load/unload callers must send this header ("name:value"); empty = open.
     repository_api_key: str = ""
     # Serving processes: 1 = this process serves (no supervisor); N >= 2 = a supervisor
-    # (server/supervisor.py) runs N workers on one SO_REUSEPORT port; 0 = one per CPU.
+    # (server/cluster/supervisor.py) runs N workers on one SO_REUSEPORT port; 0 = one per CPU.
     workers: int = 1
     # Set by the supervisor on the command line of each worker it spawns (hidden flags):
     # its index, the private runtime folder (peer sockets, ports, ready marks), and N.

@@ -20,11 +20,9 @@ import asyncio
 import json
 import multiprocessing
 import os
-import re
 import sys
 import tarfile
 import time
-import unicodedata
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,41 +96,6 @@ def build_requests(model: str) -> list:
     if is_image_model(model):
         return [image_request(model, image[np.newaxis]) for image in mnist_images()[0]]
     return [text_request(model, [text], raw=False) for text in reviews()[0]]
-
-
-# Close to the server's tokenizer (server/core/tokenizer.py), which the tools must not
-# import: HTML tags -> space, NFKC, folded apostrophes, lower case, then words.
-_TAG_RE = re.compile(r"<[^>]{0,200}>")
-_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-
-
-def padded_token_ids(version_dir: Path, texts: list[str]) -> list[np.ndarray]:
-    """int32 token ids of each text, pre-padded to its length bucket: the text model's
-    input, for feeding bare ONNX Runtime.
-
-    Read from the model's own ``tokenizer.json`` and ``vocab.txt`` (ids 0 and 1 are
-    padding and out-of-vocabulary; line i of the vocabulary is id i + 2) with a simple
-    word splitter like the server's, not the server's tokenizer itself: rare texts may
-    differ by a token, which cannot move a throughput ceiling that depends on the
-    padded lengths alone.
-    """
-    config = json.loads((version_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    vocabulary = (version_dir / config.get("vocabulary_file", "vocab.txt")).read_text(
-        encoding="utf-8").split("\n")
-    ids = {word: index + 2 for index, word in enumerate(vocabulary) if word}
-    max_tokens = int(config.get("max_tokens", 512))
-    buckets = [int(b) for b in config.get("buckets", [max_tokens])]
-    out = []
-    for text in texts:
-        normal = _TAG_RE.sub(" ", unicodedata.normalize("NFKC", text))
-        words = _WORD_RE.findall(normal.translate(_APOSTROPHES).lower())[-max_tokens:]
-        bucket = next((b for b in buckets if len(words) <= b), buckets[-1])
-        row = np.zeros(bucket, np.int32)
-        if words:
-            row[-len(words):] = [ids.get(word, 1) for word in words]
-        out.append(row)
-    return out
 
 
 # ---- load generator (runs in the worker process) --------------------------------------
@@ -292,6 +255,10 @@ def ort_throughput(repository: Path, models: list[str], sizes: list[int], thread
     """Rows/s of one in-process session per model at fixed batch sizes: the ceiling."""
     import onnxruntime as ort
 
+    # The served tokenizer itself (as training uses it): the ceiling must see the
+    # server's exact token ids and padded lengths.
+    from server.core.tokenizer import Tokenizer
+
     out = []
     for model in models:
         version_dir = max((d for d in (repository / model).iterdir() if d.name.isdigit()),
@@ -305,7 +272,8 @@ def ort_throughput(repository: Path, models: list[str], sizes: list[int], thread
         if is_image_model(model):
             pool, note = mnist_images()[0], "MNIST images"
         else:
-            encoded = padded_token_ids(version_dir, reviews()[0])
+            tokenizer = Tokenizer.from_directory(version_dir)
+            encoded = [tokenizer.encode_padded(t) for t in reviews()[0]]
             lengths = [len(e) for e in encoded]
             bucket = max(set(lengths), key=lengths.count)  # the most common length bucket
             dtype = np.int32 if "int32" in session.get_inputs()[0].type else np.int64

@@ -12,7 +12,7 @@ and ``tools.rest_bench`` are this class, or thin subclasses of it.
 
 Talks to the server only as a process and through its log: nothing here imports the
 serving package (and the tools import from it only ``server.client`` and
-``server.protocol``; ``tools/pathbench.py`` aside).
+``server.protocol``; ``tools/pathbench.py`` aside, and ``tools/bench.py``'s tokenizer).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The other worker processes of one server, reached over their private unix sockets.
 
-With ``--workers N`` (server/supervisor.py) each worker also serves the gRPC services
+With ``--workers N`` (server/cluster/supervisor.py) each worker also serves the gRPC services
 on ``unix:<worker dir>/worker-<i>.sock``. A call carrying ``x-onnxserve-local: 1`` over
 such a socket is answered from that worker's own state and never fanned out again;
 the worker that got the public call combines the answers (statistics, readiness,

@@ -1,6 +1,6 @@
 """A worker process's side of ``--workers N``: peers, private socket, supervisor files.
 
-The supervisor (server/supervisor.py) spawns each worker with ``--worker-index``,
+The supervisor (server/cluster/supervisor.py) spawns each worker with ``--worker-index``,
 ``--worker-dir`` and ``--worker-count``. In the worker folder (private, 0700) each
 worker keeps:
 

@@ -1,7 +1,7 @@
 """The one domain error hierarchy of the server.
 
-Domain code raises these; the transport maps them to gRPC status codes in exactly one
-place (``server.kserve.status``) and metrics count them by ``reason``. Messages are
+Domain code raises these; every face maps them to its status codes through exactly one
+table (``server.kserve.status``) and metrics count them by ``reason``. Messages are
 written for the user who sent the request: they name the model or tensor and say what
 was expected.
 """

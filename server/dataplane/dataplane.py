@@ -199,8 +199,7 @@ class DataPlane:
         if self._observe is not None:
             self._observe("", None, error, 0.0, protocol=protocol)
         if self._access:
-            access_log.info("infer protocol=%s model= version= id= status=%s ms=0.000",
-                            protocol, type(error).__name__)
+            _access_line(protocol, "", "", "", type(error).__name__, 0.0)
 
     def _record(self, wire: WireRequest, model: ModelVersion | None, protocol: str,
                 outcome: str, started: float, exc: ServingError | None) -> None:
@@ -208,6 +207,13 @@ class DataPlane:
         if self._observe is not None:
             self._observe(wire.model_name, model, exc, seconds, protocol=protocol)
         if self._access:
-            access_log.info("infer protocol=%s model=%s version=%s id=%s status=%s ms=%.3f",
-                            protocol, wire.model_name[:100], wire.model_version[:20],
-                            wire.request_id()[:64], outcome, seconds * 1e3)
+            _access_line(protocol, wire.model_name, wire.model_version, wire.request_id(),
+                         outcome, seconds)
+
+
+def _access_line(protocol: str, model: str, version: str, request_id: str, outcome: str,
+                 seconds: float) -> None:
+    """The one access-log format of every face (names cut: a client chooses them)."""
+    access_log.info("infer protocol=%s model=%s version=%s id=%s status=%s ms=%.3f",
+                    protocol, model[:100], version[:20], request_id[:64], outcome,
+                    seconds * 1e3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 
 from server.core.errors import OverloadedError, ServingError
 from server.dataplane.dataplane import DataPlane
@@ -65,7 +64,8 @@ class GrpcRequest:
         return convert.requested_outputs(self.request)
 
     def deadline(self, started: float) -> float:
-        return math.inf if self._remaining is None else time.monotonic() + self._remaining
+        # time_remaining() was read as the call reached the servicer, just before started
+        return math.inf if self._remaining is None else started + self._remaining
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

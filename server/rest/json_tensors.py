@@ -20,8 +20,8 @@ def from_json(name, datatype, dtype, shape, count, data) -> np.ndarray:
     if not isinstance(data, list):
         raise InvalidInputError(f"input {name!r}: 'data' must be a JSON array, got "
                                 f"{type(data).__name__}")
-    if datatype != "BYTES" and len(data) == count > HEAVY_ELEMENTS and not any(
-            isinstance(v, list) for v in data[:1]):
+    if datatype != "BYTES" and len(data) == count > HEAVY_ELEMENTS and not isinstance(
+            data[0], list):
         out = np.empty(count, dtype=dtype)
         for start in range(0, count, HEAVY_ELEMENTS):
             out[start:start + HEAVY_ELEMENTS] = _numbers(

@@ -1,4 +1,4 @@
-"""``--workers N``: one server outside, N processes inside (server/supervisor.py).
+"""``--workers N``: one server outside, N processes inside (server/cluster/supervisor.py).
 
 Real processes and ports. No timing assertions: every wait polls for its condition
 with a generous timeout.

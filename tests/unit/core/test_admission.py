@@ -1,4 +1,4 @@
-"""server.core.admission and the budgeted request deserializer (transport.handlers)."""
+"""server.core.admission and the budgeted request deserializer (server.grpc.handlers)."""
 
 from __future__ import annotations
 
