@@ -6,6 +6,7 @@ must be a plain folder name, and nothing a symlink leads out of the root is read
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -15,6 +16,8 @@ from server.core.model_config import CONFIG_FILE
 
 log = logging.getLogger("server.core.repository")
 
+MODEL_CARD_FILE = "model_card.json"
+MAX_CARD_BYTES = 1 << 20
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -56,6 +59,20 @@ class ModelFolders:
                 names.append(child.name)
         self.discovered = tuple(names)
         return names
+
+    def model_card(self, name: str, version: int) -> dict | None:
+        """``<model>/<version>/model_card.json`` (what the training pipeline measured), or
+        None when there is none, it is too big or it is not a JSON object."""
+        path = self.model_dir(name) / str(version) / MODEL_CARD_FILE
+        try:
+            if not self.inside(name, path) or path.stat().st_size > MAX_CARD_BYTES:
+                return None
+            card = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("model %s: %s is unreadable (%s); no card served", name, path, exc)
+            return None
+        return card if isinstance(card, dict) else None
 
     def fingerprint(self, name: str) -> tuple:
         """What a poll compares: the config's and every version folder's mtimes."""

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from server import __version__
-from server.core.errors import InternalError, ServingError
+from server.core.errors import InternalError, ModelNotFoundError, ServingError
 from server.core.lifecycle import Lifecycle
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
@@ -127,6 +127,15 @@ class DataPlane:
     def model_config(self, name: str, version: str):
         """The version's ModelConfig message (what config.pbtxt says, as served)."""
         return self.repository.get(name, version).spec.proto
+
+    def model_card(self, name: str, version: str) -> dict:
+        """The version's model card (accuracy, data, date: what its pipeline wrote)."""
+        model = self.repository.get(name, version)
+        card = self.repository.folders.model_card(model.name, model.version)
+        if card is None:
+            raise ModelNotFoundError(f"model '{model.name}' version {model.version} has no "
+                                     "model card (a model_card.json beside its model.onnx)")
+        return card
 
     def statistics_here(self, name: str, version: str):
         return statistics_response(self.repository, name, version)

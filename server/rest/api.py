@@ -24,7 +24,7 @@ from server.rest.protojson import to_json
 log = logging.getLogger("server.http")
 
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-                         r"(?:/(?P<action>ready|config|stats|infer))?")
+                         r"(?:/(?P<action>ready|config|stats|card|infer))?")
 _REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unload)")
 _FIXED_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats",
                 "/v2/repository/index"}
@@ -134,6 +134,8 @@ class RestApi:
         result = await self.dataplane.infer(wire, "http")
         if isinstance(result, ServingError):
             return error_reply(result)
+        if action == "card":  # our extension: what the model's pipeline measured
+            return json_reply(plane.model_card(name, version))
         model, outputs = result
         payload, header_length = codec.encode_infer(wire, model.name, model.version,
                                                     outputs, model.output_datatypes)

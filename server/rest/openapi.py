@@ -26,6 +26,8 @@ ROUTES: tuple[tuple[str, str, str, str | None, str | None], ...] = (
           ("get", "/config", "Model configuration (Triton ModelConfig as JSON)", None,
            "Object"),
           ("get", "/stats", "Model statistics", None, "Statistics"),
+          ("get", "/card", "Model card: what the training pipeline measured (404 when "
+           "the version has no model_card.json)", None, "Object"),
           ("post", "/infer", "Inference: JSON tensors, or JSON plus binary tensor data",
            "InferRequest", "InferResponse"))),
     ("post", "/v2/repository/index", "Every model in the repository with its state", "Index",

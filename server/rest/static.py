@@ -16,6 +16,9 @@ CONSOLE_DIR = Path(__file__).with_name("console")
 _CONSOLE_FILES = {  # URL path -> (file in console/, content type)
     "/": ("index.html", "text/html; charset=utf-8"),
     "/console/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/console/panels.js": ("panels.js", "text/javascript; charset=utf-8"),
+    "/console/digits.js": ("digits.js", "text/javascript; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
     "/console/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 OPENAPI_PATH = "/v2/openapi.json"

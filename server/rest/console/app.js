@@ -46,6 +46,20 @@ async function refresh() {
     await ensurePanels(rows);
   } catch (error) {
     setPill(document.getElementById("server-state"), "not-ready", "unreachable");
+    markStale();
+  }
+}
+
+// Without the server, nothing in the table is known any more: say so instead of showing
+// the last READY rows and rates as if they were current.
+function markStale() {
+  for (const name of Object.keys(previous)) delete previous[name];
+  for (const row of document.querySelectorAll("#models tbody tr")) {
+    row.classList.add("stale");
+    const cells = row.querySelectorAll("td");
+    cells[2].replaceChildren(el("span", {class: "pill unknown"}, "unknown"));
+    for (const i of [3, 4, 5]) cells[i].textContent = "–";
+    cells[6].textContent = "server unreachable";
   }
 }
 
@@ -91,225 +105,45 @@ function renderTable(rows, live) {
   }));
 }
 
-// ---- try-it panels -----------------------------------------------------------------------
+// ---- try-it panels (panels.js) -----------------------------------------------------------
 const panels = {};
 
 async function ensurePanels(rows) {
   for (const row of rows) {
     if (row.state !== "READY" || panels[row.name]) continue;
     panels[row.name] = true;
+    const base = `/v2/models/${encodeURIComponent(row.name)}`;
     try {
-      const meta = await api(`/v2/models/${encodeURIComponent(row.name)}`);
-      document.getElementById("panels").append(buildPanel(meta));
+      const meta = await api(base);
+      const config = await api(`${base}/config`).catch(() => null);
+      const card = await api(`${base}/card`).catch(() => null);  // only where the repository has one
+      document.getElementById("panels").append(buildPanel(meta, config, card));
     } catch (error) {
       panels[row.name] = false;
     }
   }
 }
 
-function buildPanel(meta) {
-  const result = el("div", {class: "result"});
-  const panel = el("div", {class: "panel", "data-model": meta.name},
-                   el("h3", {}, meta.name, " ", el("span", {class: "muted"},
-                      `v${meta.versions.join(", v")} · ${meta.platform}`)));
-  const input = meta.inputs.length === 1 ? meta.inputs[0] : null;
-  if (input && input.datatype === "FP32" && isImage(input.shape)) {
-    panel.append(imageForm(meta, input, result));
-  } else if (input && input.datatype === "BYTES") {
-    panel.append(textForm(meta, input, result));
-  } else {
-    panel.append(jsonForm(meta, result));
+// ---- numbers and errors for people ------------------------------------------------------
+function percent(p) {
+  const value = 100 * p;
+  if (value > 0 && value < 0.1) return "<0.1 %";
+  if (value < 100 && value > 99.9) return ">99.9 %";
+  return `${value.toFixed(1)} %`;
+}
+
+function number(v) {
+  if (v === 0 || !Number.isFinite(v)) return String(v);
+  const magnitude = Math.abs(v);
+  if (magnitude >= 1e6 || magnitude < 1e-4) return v.toExponential(2);
+  return Number(v.toPrecision(4)).toString();
+}
+
+function readable(error) {
+  if (error instanceof TypeError) {  // fetch() could not reach the server at all
+    return "The server is unreachable: the request could not be sent (is the server up?)";
   }
-  panel.append(result);
-  return panel;
-}
-
-function isImage(shape) {
-  const dims = shape.slice(shape.length === 4 ? 1 : 0);
-  return dims.length === 3 && dims[2] === 1 && dims[0] === dims[1] && dims[0] > 0;
-}
-
-async function infer(meta, inputs, result) {
-  result.replaceChildren(el("span", {class: "muted"}, "running…"));
-  const started = performance.now();
-  try {
-    const answer = await api(`/v2/models/${encodeURIComponent(meta.name)}/infer`,
-      {method: "POST", headers: {"Content-Type": "application/json"},
-       body: JSON.stringify({inputs})});
-    showAnswer(meta, answer, result, performance.now() - started);
-  } catch (error) {
-    result.replaceChildren(el("div", {class: "error"}, error.message));
-  }
-}
-
-function showAnswer(meta, answer, result, ms) {
-  const parts = [];
-  for (const output of answer.outputs) {
-    const values = output.data.map(Number);
-    const labels = labelsFor(meta, output, values);
-    let top = 0;
-    values.forEach((v, i) => { if (v > values[top]) top = i; });
-    if (labels.summary) parts.push(el("div", {class: "answer"}, labels.summary));
-    else if (values.length > 1) parts.push(el("div", {class: "answer"}, `${output.name}: ${labels.names[top]}`));
-    const scale = values.every(v => v >= 0 && v <= 1) ? 1 : Math.max(...values.map(Math.abs), 1e-9);
-    values.slice(0, 64).forEach((value, i) => {
-      const fill = el("div", {class: "fill"});
-      fill.style.width = `${Math.min(100, Math.abs(value) / scale * 100)}%`;
-      parts.push(el("div", {class: i === top && values.length > 1 ? "bar top" : "bar",
-                            "data-label": labels.names[i], "data-value": String(value)},
-        el("span", {}, labels.names[i]), el("div", {class: "track"}, fill),
-        el("span", {class: "value"}, formatValue(value))));
-    });
-  }
-  parts.push(el("div", {class: "muted"}, `answered in ${ms.toFixed(1)} ms over HTTP`));
-  result.replaceChildren(...parts);
-}
-
-function labelsFor(meta, output, values) {
-  const image = meta.inputs.length === 1 && isImage(meta.inputs[0].shape);
-  if (image && values.length === 10) {
-    return {names: values.map((_, i) => `digit ${i}`)};
-  }
-  if (values.length === 1 && values[0] >= 0 && values[0] <= 1 && meta.inputs[0].datatype === "BYTES") {
-    const p = values[0];
-    return {names: [`${output.name}`],
-            summary: `${p >= 0.5 ? "positive" : "negative"} (${(100 * p).toFixed(1)} % positive)`};
-  }
-  return {names: values.map((_, i) => values.length === 1 ? output.name : `${output.name}[${i}]`)};
-}
-
-function formatValue(v) {
-  return Math.abs(v) >= 1000 || (Math.abs(v) < 0.001 && v !== 0) ? v.toExponential(2) : v.toFixed(3);
-}
-
-function batched(meta) {
-  return meta.inputs[0].shape[0] === -1;
-}
-
-// Text: one review per request row.
-function textForm(meta, input, result) {
-  const area = el("textarea", {class: "review", placeholder: "Type a review…",
-                               value: "A wonderful, moving film with great acting."});
-  const run = el("button", {class: "run"}, "Score");
-  run.addEventListener("click", () => {
-    const shape = batched(meta) ? [1, 1] : [1];
-    infer(meta, [{name: input.name, datatype: "BYTES", shape, data: [area.value]}], result);
-  });
-  return el("div", {}, area, el("div", {class: "row"}, run));
-}
-
-// Images: draw with the mouse (or finger), or upload a picture.
-function imageForm(meta, input, result) {
-  const size = input.shape[input.shape.length - 2];
-  const canvas = el("canvas", {class: "draw", width: 224, height: 224});
-  const ctx = canvas.getContext("2d");
-  const clear = () => { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, 224, 224); };
-  clear();
-  let drawing = false;
-  const point = e => {
-    const box = canvas.getBoundingClientRect();
-    return [(e.clientX - box.left) * 224 / box.width, (e.clientY - box.top) * 224 / box.height];
-  };
-  canvas.addEventListener("pointerdown", e => {
-    drawing = true; canvas.setPointerCapture(e.pointerId);
-    ctx.beginPath(); ctx.moveTo(...point(e));
-  });
-  canvas.addEventListener("pointermove", e => {
-    if (!drawing) return;
-    ctx.strokeStyle = "#fff"; ctx.lineWidth = 16; ctx.lineCap = ctx.lineJoin = "round";
-    ctx.lineTo(...point(e)); ctx.stroke();
-  });
-  const send = () => {
-    const pixels = toModelPixels(canvas, size);
-    const shape = batched(meta) ? [1, size, size, 1] : [size, size, 1];
-    infer(meta, [{name: input.name, datatype: "FP32", shape, data: pixels}], result);
-  };
-  canvas.addEventListener("pointerup", () => { if (drawing) { drawing = false; send(); } });
-  const upload = el("input", {type: "file", accept: "image/*"});
-  upload.addEventListener("change", () => {
-    const file = upload.files[0];
-    if (!file) return;
-    const image = new Image();
-    image.onload = () => { drawUpload(ctx, image); URL.revokeObjectURL(image.src); send(); };
-    image.src = URL.createObjectURL(file);
-  });
-  const clearButton = el("button", {class: "secondary"}, "Clear");
-  clearButton.addEventListener("click", () => { clear(); result.replaceChildren(); });
-  const run = el("button", {class: "run"}, "Classify");
-  run.addEventListener("click", send);
-  return el("div", {}, canvas, el("div", {class: "row"}, run, clearButton, upload),
-            el("div", {class: "muted"}, "Draw a digit, or upload a picture of one."));
-}
-
-// An uploaded picture, grey, as light-on-dark like MNIST (dark ink on paper is inverted).
-function drawUpload(ctx, image) {
-  ctx.fillStyle = "#000"; ctx.fillRect(0, 0, 224, 224);
-  const scale = Math.min(224 / image.width, 224 / image.height);
-  const w = image.width * scale, h = image.height * scale;
-  ctx.drawImage(image, (224 - w) / 2, (224 - h) / 2, w, h);
-  const data = ctx.getImageData(0, 0, 224, 224);
-  let sum = 0;
-  for (let i = 0; i < data.data.length; i += 4) sum += grey(data.data, i);
-  const invert = sum / (224 * 224) > 127;
-  for (let i = 0; i < data.data.length; i += 4) {
-    const g = invert ? 255 - grey(data.data, i) : grey(data.data, i);
-    data.data[i] = data.data[i + 1] = data.data[i + 2] = g;
-  }
-  ctx.putImageData(data, 0, 0);
-}
-
-function grey(d, i) { return 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]; }
-
-// MNIST's own preparation: the ink's bounding box scaled into 20x20, centred in 28x28.
-function toModelPixels(canvas, size) {
-  const source = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-  let x0 = canvas.width, y0 = canvas.height, x1 = -1, y1 = -1;
-  for (let y = 0; y < canvas.height; y++) {
-    for (let x = 0; x < canvas.width; x++) {
-      if (source[(y * canvas.width + x) * 4] > 40) {
-        x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y);
-      }
-    }
-  }
-  const small = el("canvas", {width: size, height: size});
-  const sctx = small.getContext("2d");
-  sctx.fillStyle = "#000"; sctx.fillRect(0, 0, size, size);
-  if (x1 >= 0) {
-    const w = x1 - x0 + 1, h = y1 - y0 + 1, box = size * 20 / 28;
-    const scale = box / Math.max(w, h);
-    sctx.imageSmoothingQuality = "high";
-    sctx.drawImage(canvas, x0, y0, w, h, (size - w * scale) / 2, (size - h * scale) / 2,
-                   w * scale, h * scale);
-  }
-  const pixels = sctx.getImageData(0, 0, size, size).data;
-  const out = [];
-  for (let i = 0; i < pixels.length; i += 4) out.push(pixels[i] / 255);
-  return out;
-}
-
-// Any other model: one JSON array per input, prefilled with zeros of the right shape.
-function jsonForm(meta, result) {
-  const areas = meta.inputs.map(input => {
-    const shape = input.shape.map(d => (d < 0 ? 1 : d));
-    const count = shape.reduce((a, b) => a * b, 1);
-    const example = input.datatype === "BYTES" ? Array(count).fill("")
-      : input.datatype === "BOOL" ? Array(count).fill(false) : Array(count).fill(0);
-    const area = el("textarea", {class: "json", value: JSON.stringify(example)});
-    return {input, shape, area};
-  });
-  const run = el("button", {class: "run"}, "Infer");
-  run.addEventListener("click", () => {
-    try {
-      const inputs = areas.map(({input, shape, area}) => (
-        {name: input.name, datatype: input.datatype, shape, data: JSON.parse(area.value)}));
-      infer(meta, inputs, result);
-    } catch (error) {
-      result.replaceChildren(el("div", {class: "error"}, `not JSON: ${error.message}`));
-    }
-  });
-  return el("div", {}, ...areas.flatMap(({input, shape, area}) => [
-    el("div", {class: "muted"}, `${input.name} · ${input.datatype} · shape [${shape}] (row-major data)`),
-    area]), el("div", {class: "row"}, run));
+  return error.message;
 }
 
 refresh();

@@ -15,34 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.browser import browser  # noqa: F401  (fixture)
 from tests.support.wire import mnist_images
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-
-
-def _browser_path() -> str:
-    configured = os.environ.get("CHROMIUM_PATH")
-    if configured:
-        return configured
-    for name in BROWSERS:
-        if path := shutil.which(name):
-            return path
-    pytest.skip("no Chromium on this machine (apt-get install chromium, or set CHROMIUM_PATH); "
-                ".ci/run installs it")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="the playwright package (dev extra) is missing")
-    path = _browser_path()
-    with sync_api.sync_playwright() as playwright:
-        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
-        instance = playwright.chromium.launch(executable_path=path, headless=True,
-                                              args=["--no-sandbox", "--disable-gpu"])
-        yield instance
-        instance.close()
-
 
 def _bars(page, model: str) -> list[tuple[str, float]]:
     selector = f".panel[data-model={model}] .bar"
