@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sentiment", help="positive or negative: prints the label and its probability")
     text.add_argument("texts", nargs="*",
                       help="texts to score; none or '-' reads one text per line from stdin")
+    commands.add_parser("services", help="list the server's gRPC services and methods "
+                                         "(server reflection, like grpcurl list/describe)")
     return parser
 
 
@@ -110,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
         raise ClientError(f"--timeout must be > 0, got {args.timeout!r}")
     conn = connect(args.url, args.timeout, args.ca_file)
     model = args.model or args.command
+    if args.command == "services":
+        for service, methods in conn.services().items():
+            print(service)
+            for method in methods:
+                print(f"  {method}")
+        return 0
     if args.command == "mnist":
         for line in classify_digits(conn, model, args.images):
             print(line)

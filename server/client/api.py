@@ -86,6 +86,27 @@ class Connection:
         return self._call(self.stub.ModelMetadata,
                           pb.ModelMetadataRequest(name=model, version=version))
 
+    def services(self) -> dict[str, list[str]]:
+        """Every service the server lists through gRPC server reflection, with its
+        methods ("Name(Request) returns (Reply)"): ``grpcurl list``/``describe`` in Python."""
+        from google.protobuf.descriptor_pool import DescriptorPool
+        from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+            ProtoReflectionDescriptorDatabase)
+
+        database = ProtoReflectionDescriptorDatabase(self.channel)
+        pool = DescriptorPool(database)
+        try:
+            names = database.get_services()
+            found = {}
+            for name in names:
+                service = pool.FindServiceByName(name)
+                found[name] = [f"{m.name}({_streamed(m.client_streaming)}{m.input_type.name}) "
+                               f"returns ({_streamed(m.server_streaming)}{m.output_type.name})"
+                               for m in service.methods]
+            return found
+        except grpc.RpcError as exc:
+            raise ClientError(describe_rpc_error(exc, self.url, self.timeout_s)) from None
+
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()
@@ -101,6 +122,10 @@ class Connection:
             return method(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
             raise ClientError(describe_rpc_error(exc, self.url, self.timeout_s)) from None
+
+
+def _streamed(streaming: bool) -> str:
+    return "stream " if streaming else ""
 
 
 def connect(url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S,

@@ -109,3 +109,27 @@ def test_errors_are_one_clear_line(server, tmp_path):
     (line,) = bad.stderr.strip().splitlines()
     assert str(not_image) in line and "not a readable PNG/JPEG" in line
     assert bad.stdout == ""
+
+
+def test_the_shipped_sample_photos_are_read_as_their_digits(server):
+    words = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+             "seven": 7, "eight": 8, "nine": 9}
+    pictures = sorted((REPO_ROOT / "examples" / "digits").glob("*.[pj][np]g"))
+    assert len(pictures) >= 6
+    result = client("--url", server.address, "mnist", *map(str, pictures))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(pictures)
+    for picture, line in zip(pictures, lines):
+        match = DIGIT_LINE.match(line)
+        assert match and int(match["digit"]) == words[picture.name.split("_")[0]], line
+
+
+def test_services_lists_what_reflection_offers(server):
+    result = client("--url", server.address, "services")
+    assert result.returncode == 0, result.stderr
+    assert "inference.GRPCInferenceService" in result.stdout.splitlines()
+    assert "  ModelInfer(ModelInferRequest) returns (ModelInferResponse)" in result.stdout
+    assert ("  ModelStreamInfer(stream ModelInferRequest) returns "
+            "(stream ModelStreamInferResponse)") in result.stdout
+    assert "grpc.health.v1.Health" in result.stdout
