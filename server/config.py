@@ -29,6 +29,13 @@ class ServerConfig:
     http_host: str = "0.0.0.0"
     http_port: int = 8000  # Triton's default; 0 lets the OS pick a free port (logged)
     http_enabled: bool = True
+    # REST connection limits (0 = none): a whole request body must arrive within
+    # http_body_read_timeout_s, a request's headers within http_header_read_timeout_s
+    # of their first byte; idle keep-alive connections close after
+    # http_keepalive_timeout_s (above load balancers' usual 60 s idle timeout).
+    http_body_read_timeout_s: float = 60.0
+    http_header_read_timeout_s: float = 10.0
+    http_keepalive_timeout_s: float = 75.0
     # ONNX Runtime threads per model. 0 lets ORT choose; on small machines a fixed
     # count that leaves the gRPC thread room is faster (measure with `make bench`).
     intra_op_threads: int = 0
@@ -90,6 +97,10 @@ class ServerConfig:
             raise ValueError("max_inflight_request_bytes must be at least max_message_bytes "
                              f"({self.max_message_bytes}), got "
                              f"{self.max_inflight_request_bytes!r}")
+        for name in ("http_body_read_timeout_s", "http_header_read_timeout_s",
+                     "http_keepalive_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)!r}")
         if self.grpc_max_concurrent_streams < 1:
             raise ValueError("grpc_max_concurrent_streams must be >= 1, got "
                              f"{self.grpc_max_concurrent_streams!r}")
@@ -154,6 +165,11 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("http_host", str, "address the KServe v2 REST port (and web console) binds"),
     ("http_port", int, "KServe v2 REST port (0 picks a free one)"),
     ("http_enabled", _bool, "serve KServe v2 REST and the console (false switches it off)"),
+    ("http_body_read_timeout_s", float, "seconds a REST client has to send a whole request "
+     "body; then 408 and the connection closes (0 = no limit)"),
+    ("http_header_read_timeout_s", float, "seconds a REST client has to send a request's "
+     "headers, from their first byte; then 408 (0 = no limit)"),
+    ("http_keepalive_timeout_s", float, "close a REST connection idle this long (0 = never)"),
     ("intra_op_threads", int, "ONNX Runtime intra-op threads per model (0 = ORT default)"),
     ("ort_spinning", _bool, "let ONNX Runtime pool threads busy-wait between runs"),
     ("use_gpu", _bool, "use the CUDA execution provider when available"),

@@ -22,7 +22,6 @@ Only 127.0.0.1 is ever contacted; every loop is bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import socket
 import sys
 import threading
@@ -36,55 +35,10 @@ import numpy as np
 from server.client import encode_bytes
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
+from tools import abuse_rest
+from tools.abuse_kit import MIB, Bystanders, verdict
 from tools.launcher import raise_fd_limit
 from tools.soak import Server, mnist_request
-
-MIB = 1 << 20
-
-
-# ---- bystanders: a separate process, so the attacker's client work cannot skew them ----
-def _bystand(address: str, seconds: float, clients: int, out) -> None:
-    request = mnist_request(np.zeros((1, 28, 28, 1), np.float32))
-    latencies: list[float] = []
-    failures: dict[str, int] = {}
-    stop_at = time.monotonic() + seconds
-
-    def loop() -> None:
-        with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while time.monotonic() < stop_at:
-                started = time.monotonic()
-                try:
-                    stub.ModelInfer(request, timeout=30)
-                    latencies.append(time.monotonic() - started)
-                except grpc.RpcError as exc:
-                    failures[exc.code().name] = failures.get(exc.code().name, 0) + 1
-
-    threads = [threading.Thread(target=loop) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    out.send((latencies, failures))
-
-
-class Bystanders:
-    """``clients`` closed-loop mnist callers for ``seconds``, in a child process."""
-
-    def __init__(self, address: str, seconds: float, clients: int = 4):
-        context = multiprocessing.get_context("spawn")
-        self._recv, send = context.Pipe(duplex=False)
-        self._proc = context.Process(target=_bystand, args=(address, seconds, clients, send))
-        self._proc.start()
-
-    def result(self) -> tuple[np.ndarray, dict[str, int]]:
-        latencies, failures = self._recv.recv()
-        self._proc.join()
-        return np.array(latencies or [np.nan]), failures
-
-
-def _p99_ms(latencies: np.ndarray) -> float:
-    return float(np.percentile(latencies, 99) * 1e3)
 
 
 def _channel(address: str) -> grpc.Channel:
@@ -152,30 +106,27 @@ def scenario_freeze(server: Server) -> bool:
     with _channel(server.address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         for label, request in requests.items():
-            bystanders = Bystanders(server.address, seconds=6)
+            bystanders = Bystanders(server, seconds=6)
             time.sleep(2)  # bystanders connected and steady
             peak = server.rss_mib()
             started = time.monotonic()
             code = _call(stub, request)
             took = time.monotonic() - started
             peak = max(peak, server.rss_mib())
-            latencies, failures = bystanders.result()
-            ok = _p99_ms(latencies) < 100 and peak < 1024 and not failures
+            seen = bystanders.result()
+            ok = seen.ok(100) and peak < 1024
             passed &= ok
-            print(f"freeze: {label}: answered {code} in {took:.2f} s; bystanders "
-                  f"p99 {_p99_ms(latencies):.1f} ms, max {np.nanmax(latencies) * 1e3:.0f} ms, "
-                  f"failures {failures or 0}; RSS {peak:.0f} MiB -> {'PASS' if ok else 'FAIL'}")
+            print(f"freeze: {label}: answered {code} in {took:.2f} s; {seen.summary()}; "
+                  f"RSS {peak:.0f} MiB -> {verdict(ok)}")
     return passed
 
 
-def _throughput(address: str, seconds: float) -> float:
-    bystanders = Bystanders(address, seconds=seconds, clients=16)
-    latencies, _ = bystanders.result()
-    return len(latencies) / seconds
+def _throughput(server: Server, seconds: float) -> float:
+    return Bystanders(server, seconds=seconds, clients=8).result().calls() / seconds
 
 
 def scenario_scrape(server: Server) -> bool:
-    quiet = _throughput(server.address, 5)
+    quiet = _throughput(server, 5)
     stop = threading.Event()
     scrapes = [0]
 
@@ -189,7 +140,7 @@ def scenario_scrape(server: Server) -> bool:
     threads = [threading.Thread(target=scraper) for _ in range(4)]
     for thread in threads:
         thread.start()
-    scraped = _throughput(server.address, 5)
+    scraped = _throughput(server, 5)
     stop.set()
     for thread in threads:
         thread.join()
@@ -206,7 +157,7 @@ def scenario_h2flood(server: Server, streams: int = 100_000) -> bool:
     except ImportError:
         print("h2flood: skipped (pip install h2)")
         return True
-    bystanders = Bystanders(server.address, seconds=15)
+    bystanders = Bystanders(server, seconds=15)
     time.sleep(2)
     sock = socket.create_connection(("127.0.0.1", server.grpc_port))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -230,11 +181,10 @@ def scenario_h2flood(server: Server, streams: int = 100_000) -> bool:
         print(f"h2flood: the server closed the flooding connection ({exc})")
     finally:
         sock.close()
-    latencies, failures = bystanders.result()
-    ok = not failures
+    seen = bystanders.result()
+    ok = not seen.failed()
     print(f"h2flood: {sent} streams opened and reset in {time.monotonic() - started:.1f} s; "
-          f"bystanders {len(latencies)} calls, failures {failures or 0}, p99 "
-          f"{_p99_ms(latencies):.1f} ms -> {'PASS' if ok else 'FAIL'}")
+          f"{seen.summary()} -> {verdict(ok)}")
     return ok
 
 
@@ -263,7 +213,9 @@ def scenario_idle(server: Server, count: int = 1100) -> bool:
 
 
 SCENARIOS = {"memory": scenario_memory, "freeze": scenario_freeze, "scrape": scenario_scrape,
-             "h2flood": scenario_h2flood, "idle": scenario_idle}
+             "h2flood": scenario_h2flood, "idle": scenario_idle, **abuse_rest.SCENARIOS}
+# Server flags a scenario needs on top of the defaults (and --server-args).
+SERVER_ARGS: dict[str, list[str]] = {**abuse_rest.SERVER_ARGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in args.only or list(SCENARIOS):
         server = Server(args.model_repository, ["--intra-op-threads", "1",
+                                                *SERVER_ARGS.get(name, []),
                                                 *args.server_args.split()])
         try:
             server.wait_ready()

@@ -19,6 +19,7 @@ from server.core.errors import InternalError, InvalidInputError, ServingError
 from server.dataplane.dataplane import DataPlane
 from server.kserve.status import http_status, short_details
 from server.rest import codec
+from server.rest.limits import CHECK_FROM_BYTES, JsonLimits, json_limits
 from server.rest.protojson import to_json
 
 log = logging.getLogger("server.http")
@@ -37,7 +38,7 @@ class Request:
     method: str
     path: str  # percent-decoded
     headers: Mapping[str, str]  # lower-case names
-    body: bytes = b""
+    body: bytes | bytearray = b""  # bytearray: as read (server.rest.body)
 
 
 @dataclass
@@ -80,14 +81,28 @@ class RestApi:
             return self._index(request.body)
         if method == "POST" and (m := _REPOSITORY_PATH.fullmatch(path)):
             return await self._control_model(m["model"], m["action"], request)
-        if self._known(path):
-            return json_reply({"error": f"method {method} is not allowed on {path[:200]}"}, 405)
+        return self._not_served(method, path)
+
+    def _not_served(self, method: str, path: str) -> Reply:
+        """405 with ``Allow`` for a path other methods answer, else 404."""
+        allowed = self._allowed(path)
+        if allowed:
+            reply = json_reply({"error": f"method {method[:20]} is not allowed on "
+                                         f"{path[:200]}; use {allowed}"}, 405)
+            reply.headers["Allow"] = allowed
+            return reply
         return json_reply({"error": f"no such endpoint: {path[:200]}"}, 404)
 
-    def _known(self, path: str) -> bool:
-        """A path some method answers (405 for the others), else 404."""
-        return bool(path in _FIXED_PATHS or _MODEL_PATH.fullmatch(path)
-                    or _REPOSITORY_PATH.fullmatch(path) or (self._static and path in self._static))
+    def _allowed(self, path: str) -> str:
+        """The methods a path answers ("" for none: 404)."""
+        if path in ("/v2/repository/index",) or _REPOSITORY_PATH.fullmatch(path):
+            return "POST"
+        m = _MODEL_PATH.fullmatch(path)
+        if m is not None and m["action"] == "infer":
+            return "POST"
+        if path in _FIXED_PATHS or m is not None or (self._static and path in self._static):
+            return "GET, HEAD"
+        return ""
 
     # ---- GET: health, metadata, config, statistics, static files -----------------------
     async def _get(self, path: str) -> Reply:
@@ -108,9 +123,7 @@ class RestApi:
             return await self._model_get(m["model"], m["version"] or "", m["action"])
         if self._static and path in self._static:
             return self._static[path]
-        if self._known(path):
-            return json_reply({"error": f"method GET is not allowed on {path[:200]}"}, 405)
-        return json_reply({"error": f"no such endpoint: {path[:200]}"}, 404)
+        return self._not_served("GET", path)
 
     async def _model_get(self, name: str, version: str, action: str | None) -> Reply:
         plane = self.dataplane
@@ -143,6 +156,16 @@ class RestApi:
             return Reply(200, payload)
         return Reply(200, payload, "application/octet-stream",
                      {"Inference-Header-Content-Length": str(header_length)})
+
+    def _json_limits(self, name: str, version: str, size: int) -> JsonLimits | None:
+        """The model's JSON size bounds for a body big enough to check (None: no such
+        model; the dataplane says so in its own words)."""
+        if size < CHECK_FROM_BYTES:
+            return None
+        try:
+            return json_limits(name, self.dataplane.model_config(name, version))
+        except ServingError:
+            return None
 
     # ---- repository --------------------------------------------------------------------
     def _index(self, raw: bytes) -> Reply:

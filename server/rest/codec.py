@@ -23,6 +23,7 @@ from server.kserve.tensors import (HEAVY_ELEMENTS, InputHeader, encode_bytes, fr
                                    input_header)
 from server.rest.json_tensors import (as_dict, as_flag, as_list, as_shape, as_text,
                                       as_timeout, from_json, json_data)
+from server.rest.limits import JsonLimits
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -31,12 +32,13 @@ class RestRequest:
     """An infer request body as the dataplane reads it (server.dataplane.WireRequest)
     and as the answer is written (ids, binary outputs)."""
 
-    def __init__(self, model_name: str, model_version: str, body: bytes,
-                 header_length: str | None):
+    def __init__(self, model_name: str, model_version: str, body: bytes | bytearray,
+                 header_length: str | None, limits: JsonLimits | None = None):
         self.model_name = model_name
         self.model_version = model_version
         self._body = body
         self._header_length = header_length
+        self._limits = limits  # the model's JSON size bounds, checked before parsing
         self.id = ""
         self.binary_outputs: dict[str, bool] = {}  # per requested output
         self.binary_default = False  # request-level binary_data_output
@@ -64,6 +66,8 @@ class RestRequest:
         where its data is; no tensor data is converted."""
         header, self._tail = split_body(self._body, self._header_length)
         self._body = b""  # the tail view keeps what is needed
+        if self._limits is not None:
+            self._limits.check(header)
         doc = parse_json(header)
         if not isinstance(doc, dict):
             raise InvalidInputError(f"the infer request must be a JSON object, got "
@@ -158,11 +162,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON header and the binary tail, trusting the header length only if it fits."""
     if header_length is None:
         return body, memoryview(b"")
-    try:
-        length = int(header_length)
-    except ValueError:
+    # ASCII digits only: int() would also take "1_0", " 10 " and non-ASCII digits.
+    if not (header_length.isascii() and header_length.isdigit()):
         raise InvalidInputError(f"Inference-Header-Content-Length {header_length[:40]!r} is "
-                                "not a byte count") from None
+                                "not a byte count")
+    length = int(header_length)
     if not 0 <= length <= len(body):
         raise InvalidInputError(f"Inference-Header-Content-Length {length} does not fit a "
                                 f"body of {len(body)} bytes")

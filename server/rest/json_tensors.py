@@ -32,7 +32,9 @@ def from_json(name, datatype, dtype, shape, count, data) -> np.ndarray:
 
 def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.ndarray:
     """``data`` as a flat array of ``dtype``; ``count``: the elements expected (None:
-    a slice of a flat array whose length was checked)."""
+    a slice of a flat array whose length was checked). Values must be JSON numbers of
+    the datatype's kind (integers for integer types, no booleans) within its range:
+    no value is wrapped, rounded to infinity or taken from a boolean."""
     try:
         parsed = np.array(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError):
@@ -42,15 +44,71 @@ def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.
                                 f"{count} for shape {list(shape)}")
     if datatype == "BYTES":
         return _strings(name, parsed.reshape(-1))
+    if not parsed.size:
+        return parsed.astype(dtype).reshape(-1)
     kinds = _JSON_KINDS.get(datatype, "iu")
-    if parsed.size and parsed.dtype.kind not in kinds:
-        expected = "booleans" if kinds == "b" else "integers" if kinds == "iu" else "numbers"
-        raise InvalidInputError(f"input {name!r}: {datatype} 'data' must hold JSON {expected}")
-    if parsed.size and kinds == "iu":
-        info = np.iinfo(dtype)
-        if parsed.min() < info.min or parsed.max() > info.max:
-            raise InvalidInputError(f"input {name!r}: a value in 'data' does not fit {datatype}")
-    return parsed.astype(dtype, copy=False).reshape(-1)
+    flat = _flat(data)
+    # numpy reads True as 1 and mixes int64 with uint64 as float64: types by value.
+    if not set(map(type, flat)) <= _JSON_TYPES[kinds]:
+        raise _bad_value(name, datatype, dtype, flat, kinds)
+    if kinds == "b":
+        return parsed.reshape(-1)
+    if kinds == "iu":
+        if _fits(parsed, dtype):  # the common case: numpy built integers in range
+            return parsed.astype(dtype, copy=False).reshape(-1)
+        try:  # numpy refuses a Python int out of the type's range
+            return np.array(flat, dtype=dtype)
+        except OverflowError:
+            raise _bad_value(name, datatype, dtype, flat, kinds) from None
+    wide = parsed.astype(np.float64, copy=False)
+    if np.abs(wide).max() > np.finfo(dtype).max:
+        raise _bad_value(name, datatype, dtype, flat, kinds)
+    return wide.astype(dtype).reshape(-1)
+
+
+_JSON_TYPES = {"b": {bool}, "iu": {int}, "iuf": {int, float}}
+
+
+def _fits(parsed: np.ndarray, dtype) -> bool:
+    """Whether an integer array numpy built holds only values of ``dtype``'s range."""
+    if parsed.dtype.kind not in "iu":
+        return False
+    info = np.iinfo(dtype)
+    return bool(parsed.min() >= info.min and parsed.max() <= info.max)
+
+
+def _flat(data: list) -> list:
+    """The values of a (nested, not ragged) JSON array in row-major order."""
+    if data and isinstance(data[0], list):
+        return np.array(data, dtype=object).reshape(-1).tolist()
+    return data
+
+
+def _bad_value(name: str, datatype: str, dtype, data: list, kinds: str) -> InvalidInputError:
+    """The error quoting the first value of ``data`` that ``datatype`` cannot hold."""
+    expected = ("true or false" if kinds == "b" else "an integer" if kinds == "iu"
+                else "a number")
+    if kinds != "b":
+        info = np.iinfo(dtype) if kinds == "iu" else np.finfo(dtype)
+        low, high = (int(info.min), int(info.max)) if kinds == "iu" else (
+            -float(info.max), float(info.max))
+    for index, value in enumerate(_flat(data)):
+        kind = type(value)
+        if kinds == "b":
+            typed = kind is bool
+        else:
+            typed = kind in ((int,) if kinds == "iu" else (int, float))
+        if not typed:
+            what = f"is not {expected}"
+        elif kinds != "b" and not low <= value <= high:
+            shown = (f"{low}, {high}" if kinds == "iu" else f"{low:.7g}, {high:.7g}")
+            what = f"is outside {datatype}'s range [{shown}]"
+        else:
+            continue
+        return InvalidInputError(f"input {name!r}: {datatype} 'data' value {index} "
+                                 f"({value!r:.60}) {what}")
+    return InvalidInputError(f"input {name!r}: {datatype} 'data' must hold JSON "
+                             f"{'booleans' if kinds == 'b' else 'numbers'}")
 
 
 def _strings(name: str, flat: np.ndarray) -> np.ndarray:

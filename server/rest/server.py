@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from server.core.admission import ByteBudget
 from server.core.errors import StartupError
-from server.rest.api import Request, RestApi, error_reply
+from server.kserve.status import short_details
+from server.rest import protocol
+from server.rest.api import Request, RestApi
+from server.rest.body import BodyAdmission, BodyError, ClientGone, read_body
 
 log = logging.getLogger("server.http")
 
@@ -23,35 +27,52 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSL
     return context
 
 
-def _too_large(limit: int) -> tuple[int, bytes]:
-    import orjson
-    return 413, orjson.dumps({"error": f"request body over {limit} bytes "
-                                       "(--max-message-bytes)"})
+@dataclass(frozen=True)
+class RestTimeouts:
+    """Seconds (0 = none): a whole request body, a request head from its first byte, an
+    idle keep-alive connection (above common load balancers' 60 s idle timeouts, so
+    they, not we, close pooled connections)."""
+
+    body_read_s: float = 60.0
+    header_read_s: float = 10.0
+    keepalive_s: float = 75.0
 
 
 class RestServer:
-    """aiohttp's server in the running loop: one catch-all route into RestApi."""
+    """aiohttp's low-level server in the running loop: every request into RestApi.
+
+    Bodies are read here (server.rest.body: budget per chunk, decompression, deadline);
+    connections' limits and aiohttp's own error answers are server.rest.protocol's.
+    """
 
     def __init__(self, api: RestApi, host: str, port: int, max_body_bytes: int,
                  ssl_context: ssl.SSLContext | None, shutdown_timeout_s: float = 30.0,
-                 budget: ByteBudget | None = None, reuse_port: bool = False):
+                 budget: ByteBudget | None = None, reuse_port: bool = False,
+                 timeouts: RestTimeouts | None = None):
         self._api, self._host, self._port = api, host, port
         self._limit = max_body_bytes
-        self._budget = budget  # the request bytes held at once, shared with gRPC
+        # The request bytes held at once, shared with gRPC, counted as bodies arrive.
+        self._admission = BodyAdmission(budget)
         self._reuse_port = reuse_port  # worker processes share one port (SO_REUSEPORT)
         self._ssl = ssl_context
         self._shutdown_timeout_s = shutdown_timeout_s
+        self._timeouts = timeouts or RestTimeouts()
         self._runner = None
+        self._server: protocol.Server | None = None
 
     async def start(self) -> int:
         from aiohttp import web
 
-        # aiohttp refuses a body of client_max_size bytes or more; the limit is inclusive.
-        app = web.Application(client_max_size=self._limit + 1)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # Signals belong to app.serve(); our own access log covers inference.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=self._shutdown_timeout_s)
+        timeouts = self._timeouts
+        self._server = protocol.Server(
+            self._handle, header_timeout_s=timeouts.header_read_s,
+            keepalive_timeout=timeouts.keepalive_s or 1e9, max_line_size=protocol.MAX_LINE_BYTES,
+            max_field_size=protocol.MAX_FIELD_BYTES, max_headers=protocol.MAX_HEADERS,
+            auto_decompress=False,  # server.rest.body inflates, within the limits
+            access_log=None)  # our own access log covers inference
+        # Signals belong to app.serve().
+        self._runner = web.ServerRunner(self._server, handle_signals=False,
+                                        shutdown_timeout=self._shutdown_timeout_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl,
                            reuse_port=self._reuse_port or None)
@@ -59,29 +80,34 @@ class RestServer:
         return self._runner.addresses[0][1]
 
     async def _handle(self, request):
+        """Every request; answers every error itself (JSON), never raises."""
+        try:
+            return await self._serve(request)
+        except ClientGone as exc:  # nobody to answer: the write below fails quietly
+            self._server.errors.note(f"client left mid-body: {exc}")
+            return protocol.json_error(400, "the request body ended early", close=True)
+        except BodyError as exc:
+            if exc.status != 413 or exc.close:
+                self._server.errors.note(f"{exc.status}: {exc}")
+            self._api.dataplane.refused(exc.error, "http")
+            return protocol.json_error(exc.status, short_details(str(exc.error)),
+                                       close=exc.close)
+
+    async def _serve(self, request):
         from aiohttp import web
 
-        if (request.content_length or 0) > self._limit:  # refused before reading it
-            status, text = _too_large(self._limit)
-            return web.Response(status=status, body=text, content_type="application/json")
-        # A body counts against the request-bytes budget from before it is read (its
-        # announced length) until the reply is built, as gRPC messages do.
-        held = request.content_length or 0
-        if self._budget is not None and not self._budget.take(held):
-            reply = error_reply(self._budget.refusal(held))
-            return web.Response(status=reply.status, body=reply.body,
-                                content_type="application/json")
+        body, held = b"", 0
+        if request.body_exists:
+            body, held = await read_body(
+                request.content, content_length=request.content_length,
+                content_encoding=request.headers.get("Content-Encoding"), limit=self._limit,
+                admission=self._admission, timeout_s=self._timeouts.body_read_s)
         try:
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
-                status, text = _too_large(self._limit)
-                return web.Response(status=status, body=text, content_type="application/json")
             reply = await self._api.handle(Request(request.method, request.path,
                                                    request.headers, body))
         finally:
-            if self._budget is not None:
-                self._budget.give(held)
+            del body
+            self._admission.give(held)
         return web.Response(status=reply.status, body=reply.body,
                             headers={"Content-Type": reply.content_type, **reply.headers})
 
@@ -102,9 +128,13 @@ async def start_rest(running):
     if config.tls_cert_file:
         context = server_ssl_context(config.tls_cert_file, config.tls_key_file,
                                      config.tls_client_ca_file)
+    timeouts = RestTimeouts(body_read_s=config.http_body_read_timeout_s,
+                            header_read_s=config.http_header_read_timeout_s,
+                            keepalive_s=config.http_keepalive_timeout_s)
     rest = RestServer(api, config.http_host, config.http_port, config.max_message_bytes,
                       context, shutdown_timeout_s=config.drain_timeout_s,
-                      budget=running.request_budget, reuse_port=config.worker_index >= 0)
+                      budget=running.request_budget, reuse_port=config.worker_index >= 0,
+                      timeouts=timeouts)
     try:
         port = await rest.start()
     except OSError as exc:  # one line for the operator, like the other ports' errors

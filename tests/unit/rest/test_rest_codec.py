@@ -56,7 +56,7 @@ def test_binary_tensors_follow_the_header_in_input_order():
 
 @pytest.mark.parametrize("length, expected", [
     ("abc", "'abc' is not a byte count"),
-    ("-1", "-1 does not fit"),
+    ("-1", "'-1' is not a byte count"),
     ("99999", "99999 does not fit"),
 ])
 def test_a_lying_header_length_is_refused(length, expected):
@@ -83,9 +83,9 @@ def test_binary_sizes_must_match_the_bytes_sent():
 @pytest.mark.parametrize("tensor, expected", [
     ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}, "1 values in 'data', expected 2"),
     ({"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [[1, 2], [3]]}, "ragged"),
-    ({"name": "x", "datatype": "FP32", "shape": [1], "data": ["1"]}, "JSON numbers"),
-    ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, "JSON integers"),
-    ({"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}, "does not fit UINT8"),
+    ({"name": "x", "datatype": "FP32", "shape": [1], "data": ["1"]}, r"value 0 \('1'\) is not a number"),
+    ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, r"value 0 \(1.5\) is not an integer"),
+    ({"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}, r"value 0 \(300\) is outside UINT8's range \[0, 255\]"),
     ({"name": "x", "datatype": "BYTES", "shape": [1], "data": [7]}, "send JSON strings"),
     ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, "unknown datatype 'FP99'"),
     ({"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}, "negative dimension"),
