@@ -134,6 +134,8 @@ class RestApi:
             return json_reply(to_json(await plane.statistics(name, version), defaults=True))
         if action == "config":
             return json_reply(to_json(plane.model_config(name, version)))
+        if action == "card":  # our extension: what the model's pipeline measured
+            return json_reply(plane.model_card(name, version))
         meta = plane.model_metadata(name, version)
         return json_reply({"name": meta.name, "versions": meta.versions,
                            "platform": meta.platform,
@@ -143,12 +145,11 @@ class RestApi:
     # ---- inference ---------------------------------------------------------------------
     async def infer(self, name: str, version: str, request: Request) -> Reply:
         wire = codec.RestRequest(name, version, request.body,
-                                 request.headers.get(codec.HEADER_LENGTH))
+                                 request.headers.get(codec.HEADER_LENGTH),
+                                 self._json_limits(name, version, len(request.body)))
         result = await self.dataplane.infer(wire, "http")
         if isinstance(result, ServingError):
             return error_reply(result)
-        if action == "card":  # our extension: what the model's pipeline measured
-            return json_reply(plane.model_card(name, version))
         model, outputs = result
         payload, header_length = codec.encode_infer(wire, model.name, model.version,
                                                     outputs, model.output_datatypes)
