@@ -18,6 +18,7 @@ from server.cluster.coordinator import Coordinator
 from server.cluster.servicer import PeerServicer
 from server.config import ServerConfig
 from server.core.admission import ByteBudget
+from server.core.drift_window import DriftOptions, DriftService
 from server.core.errors import StartupError
 from server.core.lifecycle import Lifecycle
 from server.core.memory import HeapTrimmer
@@ -62,9 +63,12 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     options = RuntimeOptions(intra_op_threads=config.intra_op_threads,
                              spinning=config.ort_spinning, use_gpu=config.use_gpu)
     repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
-                                 require_models=config.model_control_mode != "explicit")
+                                 require_models=config.model_control_mode != "explicit",
+                                 drift=drift)
     lifecycle = Lifecycle()
     peers = workers.peers(config)
+    drift = (DriftService(DriftOptions(config.drift_window_rows, config.drift_window_s))
+             if config.drift_enabled else None)
     coordinator = None if peers is None else Coordinator(repository, peers)
     dataplane = DataPlane(repository, lifecycle, model_control_mode=config.model_control_mode,
                           repository_api_key=config.repository_api_key,

@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"sentiment model body (default: {DEFAULT_ARCHITECTURE})")
     p.add_argument("--epochs-mnist", type=int, default=None, help="override the MNIST epoch count")
     p.add_argument("--epochs-sentiment", type=int, default=None, help="override the sentiment epoch count")
+    r = sub.add_parser("reference", help="rebuild the drift references (reference.json) of a repository's "
+                                         "models from their validation splits, without training")
+    r.add_argument("--data-dir", default=None, help="folder with mnist.npz and aclImdb*.tar.gz (default: $DATA_DIR)")
+    r.add_argument("--repository", default="models", help="model repository (default: models)")
+    r.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    r.add_argument("--quick", action="store_true", help="the quick-train subsets (for out/quick-models)")
     return parser
 
 
@@ -35,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown --models {unknown or args.models!r}; choose from {','.join(pipeline.MODELS)}",
               file=sys.stderr)
         return 2
+    if args.command == "reference":
+        from training.references import write_references
+
+        write_references(args.repository, datasets.resolve_data_dir(args.data_dir), models, args.quick)
+        return 0
     epochs = {k: v for k, v in (("mnist", args.epochs_mnist), ("sentiment", args.epochs_sentiment)) if v}
     quick = args.quick or os.environ.get("QUICK", "").strip().lower() in ("1", "true", "yes")
     opts = pipeline.Options(data_dir=datasets.resolve_data_dir(args.data_dir), repository=args.repository,

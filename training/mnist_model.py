@@ -75,12 +75,7 @@ def train(data, params: MnistParams, seed: int, verbose: int):
     import keras
 
     keras.utils.set_random_seed(seed)
-    (x_train, y_train), _ = data
-    if params.train_limit:
-        x_train, y_train = x_train[: params.train_limit], y_train[: params.train_limit]
-    n_val = max(1, int(len(x_train) * params.validation_fraction))
-    x_fit, y_fit = preprocess(x_train[:-n_val]), y_train[:-n_val].astype(np.int32)
-    x_val, y_val = preprocess(x_train[-n_val:]), y_train[-n_val:].astype(np.int32)
+    (x_fit, y_fit), (x_val, y_val) = fit_validation_split(data, params)
 
     model = build_model(seed)
     steps = params.epochs * int(np.ceil(len(x_fit) / params.batch_size))
@@ -95,6 +90,17 @@ def train(data, params: MnistParams, seed: int, verbose: int):
                         shuffle=False)  # the tf.data pipeline shuffles (seeded)
     seconds = time.perf_counter() - start
     return model, history.history, seconds, len(history.history["loss"])
+
+
+def fit_validation_split(data, params: MnistParams):
+    """((x_fit, y_fit), (x_val, y_val)), preprocessed: validation is the END of the
+    training split, in its original order (also the drift reference's rows)."""
+    (x_train, y_train), _ = data
+    if params.train_limit:
+        x_train, y_train = x_train[: params.train_limit], y_train[: params.train_limit]
+    n_val = max(1, int(len(x_train) * params.validation_fraction))
+    return ((preprocess(x_train[:-n_val]), y_train[:-n_val].astype(np.int32)),
+            (preprocess(x_train[-n_val:]), y_train[-n_val:].astype(np.int32)))
 
 
 def test_arrays(data, params: MnistParams):

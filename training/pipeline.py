@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from training import datasets, export, mnist_model, plots, quantize, repository
+from training import datasets, export, mnist_model, plots, quantize, references, repository
 from training.pipeline_common import (MODELS, SEED, TARGETS, Options, _card, _data_hashes, _log, _summary,
                                       _with_model, int8_card, sha256)
 from training.sentiment_pipeline import SENTIMENT_DESCRIPTIONS, run_sentiment
@@ -65,6 +65,7 @@ def run_mnist(opts: Options) -> dict:
                  figures=["training_curves.png", "confusion_matrix.png"])
     repository.write_card(opts.repository, "mnist", card)
     _mnist_int8(opts, data, params, onnx_path, session, x_test, y_test, onnx_probs)
+    references.mnist_reference(opts.repository, data, params)
     return _with_model(summary, model)
 
 

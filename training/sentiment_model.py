@@ -242,6 +242,17 @@ def _take(items, idx):
     return [items[i] for i in idx]
 
 
+def fit_validation_split(data, params: SentimentParams, seed: int):
+    """((fit texts, labels), (validation texts, labels), films of the training subset,
+    validation indices): whole films held out (also the drift reference's rows)."""
+    train_texts, train_labels, _, _, train_movies, _ = data
+    sub = _subset(train_labels, params.train_limit, seed)
+    train_texts, train_labels, train_movies = _take(train_texts, sub), train_labels[sub], _take(train_movies, sub)
+    fit_idx, val_idx = sentiment_data.grouped_split(train_labels, train_movies, params.validation_fraction, seed)
+    return ((_take(train_texts, fit_idx), train_labels[fit_idx]),
+            (_take(train_texts, val_idx), train_labels[val_idx]), train_movies, val_idx)
+
+
 def prepare(data, params: SentimentParams, seed: int):
     """Tokenizer (vocabulary from the fit split only) and bucketed sets.
 
@@ -250,14 +261,11 @@ def prepare(data, params: SentimentParams, seed: int):
     temperature and design choices), "val_short" (short examples derived from the
     validation reviews: the short-text view of the same selection), "test" (reported only).
     """
-    train_texts, train_labels, test_texts, test_labels, train_movies, _ = data
-    sub = _subset(train_labels, params.train_limit, seed)
-    train_texts, train_labels, train_movies = _take(train_texts, sub), train_labels[sub], _take(train_movies, sub)
+    _, _, test_texts, test_labels, _, _ = data
     tsub = _subset(test_labels, params.test_limit, seed + 1)
     test_texts, test_labels = _take(test_texts, tsub), test_labels[tsub]
-    fit_idx, val_idx = sentiment_data.grouped_split(train_labels, train_movies, params.validation_fraction, seed)
-    fit_texts, fit_labels = _take(train_texts, fit_idx), train_labels[fit_idx]
-    val_texts, val_labels = _take(train_texts, val_idx), train_labels[val_idx]
+    (fit_texts, fit_labels), (val_texts, val_labels), train_movies, val_idx = \
+        fit_validation_split(data, params, seed)
     tokenizer = make_tokenizer(fit_texts, params)
     params.vocab_size = len(tokenizer.vocabulary)  # may be smaller on tiny subsets
     # Opinion words for the negation rules, and the strongest of them for the lexicon phrases.

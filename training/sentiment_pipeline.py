@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from training import calibration, datasets, export, plots, quantize, repository, sentiment_model
+from training import calibration, datasets, export, plots, quantize, references, repository, sentiment_model
 from training.pipeline_common import SEED, Options, _card, _data_hashes, _log, _summary, _with_model, int8_card
 from training.text_eval import NEUTRAL_TEXTS, load_probe, score_texts
 
@@ -128,6 +128,7 @@ def run_sentiment(opts: Options) -> dict:
     card = _sentiment_card(opts, params, summary, history, selection, evaluation, info)
     repository.write_card(opts.repository, "sentiment", card)
     int8_eval = _sentiment_int8(opts, onnx_path, session, tokenizer, evaluation, test_texts, test_labels)
+    references.sentiment_reference(opts.repository, data, params)
     summary["missed_gates"] = [] if opts.quick else missed_gates("sentiment", evaluation) + \
         missed_gates("sentiment_int8", int8_eval)
     summary["evaluation"] = {k: v for k, v in evaluation.items() if k != "probs"}

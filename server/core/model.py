@@ -45,6 +45,7 @@ class ModelVersion:
         self.session = OnnxSession(version_dir / spec.model_filename, options, self.label)
         self._ort_inputs = {t.name: t.datatype for t in self.session.inputs}
         self.preprocessor: TextPreprocessor | None = None
+        self.drift = None  # a DriftMonitor when the version has a reference (repository)
         try:
             if TEXT_PREPROCESSOR in spec.parameters:
                 if len(spec.inputs) != 1 or spec.inputs[0].datatype != "BYTES":
@@ -191,7 +192,15 @@ class ModelVersion:
 
     # ---- serving ----------------------------------------------------------------------
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.session.run(feeds)
+        outputs = self.session.run(feeds)
+        if self.drift is not None:  # keeps references only; a drift thread measures them
+            self.drift.offer(feeds, outputs, len(next(iter(feeds.values()))))
+        return outputs
+
+    @property
+    def feed_names(self) -> tuple[str, ...]:
+        """What the ONNX model is fed (a text model: its token ids, not the text)."""
+        return tuple(self._ort_inputs)
 
     def _on_batch(self, times: BatchTimes) -> None:
         self.stats.record_execution(times.rows, times.compute_input_s,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from server.core.errors import (ModelLoadError, ModelNotFoundError, ModelNotReadyError,
                            RepositoryError, ServingError)
+from server.core.drift_window import DriftService
 from server.core.model import ModelVersion
 from server.core.folders import ModelFolders
 from server.core.model_config import CONFIG_FILE, read_model_config
@@ -52,10 +53,11 @@ class IndexRow:
 
 class ModelRepository:
     def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0,
-                 require_models: bool = True):
+                 require_models: bool = True, drift: DriftService | None = None):
         self.folders = ModelFolders(root)
         self.root = self.folders.root
         # Ready needs at least one model unless the operator loads models explicitly.
+        self.drift = drift  # None: no drift monitoring
         self._require_models = require_models
         self._options = options
         self._drain_timeout_s = drain_timeout_s
@@ -262,6 +264,9 @@ class ModelRepository:
                 old = entry.versions
                 entry.versions = {}
                 entry.wanted = False
+            if self.drift is not None:  # after warm-up: real rows only
+                version.drift = self.drift.watch(version.label, path / str(number),
+                                                 version.feed_names, version.output_datatypes)
                 entry.state, entry.reason = UNAVAILABLE, "unloaded"
                 self._retire(old.values())
         finally:
@@ -317,6 +322,8 @@ class ModelRepository:
                 await unload(name)
 
     def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
+        if self.drift is not None:
+            self.drift.stop()
         for listener in self.listeners:
             listener(event, name, version, seconds, reason)
 

@@ -31,7 +31,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
-from server.observability.collectors import ConnectionCollector, gpu_collector
+from server.observability.collectors import ConnectionCollector, DriftCollector, gpu_collector
 from server.observability import metrics_http
 
 log = logging.getLogger("server.observability.metrics")
@@ -153,6 +153,7 @@ class ServerMetrics:
         self._http = None
         self.registry.register(_ModelCollector(self))
         self.registry.register(ConnectionCollector(self))
+        self.registry.register(DriftCollector(self))
         gpu = gpu_collector()
         if gpu is not None:
             self.registry.register(gpu)

@@ -1,0 +1,100 @@
+"""Drift against the committed references, on a real server scraped over HTTP.
+
+Real MNIST test digits keep every PSI low; the same digits inverted push pixel intensity
+and confidence past 0.2. Real IMDB reviews keep the sentiment signals low; reviews in
+another language push the out-of-vocabulary share and the length past 0.2. Nothing is
+timed: each step waits until the drift thread has measured the rows it was sent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.client import connect, image_request, text_request
+from tests.conftest import ServerProcess
+from tests.support.datasets import imdb_test_reviews
+from tests.support.loadkit import metric, scrape, wait_until
+from tests.support.wire import mnist_images
+
+WINDOW_ROWS = 400
+FOREIGN = [  # German, French and Spanish film talk: few words any English vocabulary holds
+    "Der Film war überraschend gut, die Schauspieler haben mich wirklich überzeugt.",
+    "Leider war die Handlung langweilig und viel zu lang, ich bin fast eingeschlafen.",
+    "Ce film est une véritable merveille, les acteurs sont formidables et touchants.",
+    "Je me suis ennuyé du début à la fin, quelle perte de temps et d'argent.",
+    "La película tiene una fotografía preciosa pero el guion es muy flojo.",
+    "Una historia conmovedora con actuaciones excelentes, la recomiendo muchísimo.",
+    "Die Musik war wunderschön, aber das Ende hat mich enttäuscht.",
+    "Les dialogues sont lourds et la mise en scène manque cruellement de rythme.",
+]
+
+
+@pytest.fixture(scope="module")
+def drifting(models_dir):
+    proc = ServerProcess(models_dir, "--drift-window-rows", str(WINDOW_ROWS))
+    yield proc
+    proc.stop()
+
+
+def _drift(proc, model: str, sent_rows: int) -> dict[str, float]:
+    """PSI per signal once the drift thread has measured ``sent_rows`` rows of ``model``."""
+    measured = lambda: metric(scrape(proc.metrics_port), "onnxserve_drift_rows_total",
+                              model=model, version="1")
+    assert wait_until(lambda: measured() >= sent_rows, timeout_s=120, interval_s=0.2), \
+        f"{model}: drift measured {measured()} of {sent_rows} rows"
+    samples = scrape(proc.metrics_port)
+    assert metric(samples, "onnxserve_drift_window_rows", model=model) >= WINDOW_ROWS
+    return {dict(labels)["signal"]: value for (name, labels), value in samples.items()
+            if name == "onnxserve_drift_psi" and dict(labels)["model"] == model}
+
+
+def test_mnist_drift_low_on_real_digits_and_high_on_inverted(drifting):
+    images, labels = mnist_images(WINDOW_ROWS)
+    if labels is None:
+        pytest.skip("needs the MNIST data (DATA_DIR with mnist.npz)")
+    with connect(drifting.address) as conn:
+        for start in range(0, WINDOW_ROWS, 20):
+            conn.infer(image_request("mnist", images[start:start + 20]))
+        same = _drift(drifting, "mnist", WINDOW_ROWS)
+        assert set(same) == {"confidence", "predicted_class", "image_mean"}
+        assert max(same.values()) < 0.2, same
+        inverted = 1.0 - images
+        for start in range(0, WINDOW_ROWS, 20):
+            conn.infer(image_request("mnist", inverted[start:start + 20]))
+        shifted = _drift(drifting, "mnist", 2 * WINDOW_ROWS)
+    assert shifted["image_mean"] > 0.2 and shifted["confidence"] > 0.2, shifted
+
+
+def test_sentiment_drift_low_on_real_reviews_and_high_on_another_language(drifting):
+    reviews = imdb_test_reviews(WINDOW_ROWS)
+    rng = np.random.default_rng(0)
+    foreign = [" ".join(rng.choice(FOREIGN, size=rng.integers(1, 4))) for _ in range(WINDOW_ROWS)]
+    with connect(drifting.address) as conn:
+        for start in range(0, WINDOW_ROWS, 16):
+            conn.infer(text_request("sentiment", reviews[start:start + 16]))
+        same = _drift(drifting, "sentiment", WINDOW_ROWS)
+        assert set(same) == {"score", "tokens", "oov_share"}
+        assert max(same.values()) < 0.2, same
+        for start in range(0, WINDOW_ROWS, 16):
+            conn.infer(text_request("sentiment", foreign[start:start + 16]))
+        shifted = _drift(drifting, "sentiment", 2 * WINDOW_ROWS)
+    assert shifted["oov_share"] > 0.2 and shifted["tokens"] > 0.2, shifted
+
+
+def test_a_bad_reference_is_a_warning_and_the_model_serves(tmp_path, models_dir):
+    import shutil
+
+    shutil.copytree(models_dir / "mnist", tmp_path / "mnist")
+    (tmp_path / "mnist" / "1" / "reference.json").write_text('{"schema": "onnxserve.reference/1", '
+                                                             '"signals": [{"stat": "median"}]}')
+    proc = ServerProcess(tmp_path)
+    try:
+        with connect(proc.address) as conn:
+            reply = conn.infer(image_request("mnist", np.zeros((2, 28, 28, 1), np.float32)))
+        assert len(reply.outputs) == 1
+        samples = scrape(proc.metrics_port)
+        assert not [key for key in samples if key[0].startswith("onnxserve_drift_")]
+        assert "drift reference not used" in proc.log and "stat is 'median'" in proc.log
+    finally:
+        proc.stop()
