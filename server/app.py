@@ -62,13 +62,13 @@ class RunningServer:
 async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     options = RuntimeOptions(intra_op_threads=config.intra_op_threads,
                              spinning=config.ort_spinning, use_gpu=config.use_gpu)
+    drift = (DriftService(DriftOptions(config.drift_window_rows, config.drift_window_s))
+             if config.drift_enabled else None)
     repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
                                  require_models=config.model_control_mode != "explicit",
                                  drift=drift)
     lifecycle = Lifecycle()
     peers = workers.peers(config)
-    drift = (DriftService(DriftOptions(config.drift_window_rows, config.drift_window_s))
-             if config.drift_enabled else None)
     coordinator = None if peers is None else Coordinator(repository, peers)
     dataplane = DataPlane(repository, lifecycle, model_control_mode=config.model_control_mode,
                           repository_api_key=config.repository_api_key,

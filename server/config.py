@@ -68,15 +68,15 @@ class ServerConfig:
     log_format: str = "text"
     log_level: str = "INFO"
     access_log: bool = False
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_client_ca_file: Path | None = None
-    # Repository load/unload callers must send this header ("name:value"); empty = open.
     # Drift against each version's reference.json (README "Drift"): the window holds about
     # the last drift_window_rows rows, none older than drift_window_s.
     drift_enabled: bool = True
     drift_window_rows: int = 10_000
     drift_window_s: float = 600.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    # Repository load/unload callers must send this header ("name:value"); empty = open.
     repository_api_key: str = ""
     # Serving processes: 1 = this process serves (no supervisor); N >= 2 = a supervisor
     # (server/cluster/supervisor.py) runs N workers on one SO_REUSEPORT port; 0 = one per CPU.
@@ -130,6 +130,11 @@ class ServerConfig:
         if self.repository_api_key and ":" not in self.repository_api_key:
             raise ValueError("repository_api_key must look like 'header-name:secret', got "
                              "a value without ':'")
+        if self.drift_window_rows < 100:
+            raise ValueError("drift_window_rows must be >= 100 (fewer rows give no stable "
+                             f"proportions), got {self.drift_window_rows!r}")
+        if self.drift_window_s <= 0:
+            raise ValueError(f"drift_window_s must be > 0, got {self.drift_window_s!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers!r}")
         if self.worker_index >= 0 and (self.worker_dir is None or self.worker_count < 2):
@@ -143,11 +148,6 @@ class ServerConfig:
 def _check_port(name: str, value: int, allow_zero: bool) -> None:
     low = 0 if allow_zero else 1
     if not low <= value <= 65535:
-        if self.drift_window_rows < 100:
-            raise ValueError("drift_window_rows must be >= 100 (fewer rows give no stable "
-                             f"proportions), got {self.drift_window_rows!r}")
-        if self.drift_window_s <= 0:
-            raise ValueError(f"drift_window_s must be > 0, got {self.drift_window_s!r}")
         raise ValueError(f"{name} must be in {low}..65535, got {value!r}")
 
 
@@ -200,6 +200,9 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("log_format", str, "text | json"),
     ("log_level", str, "DEBUG | INFO | WARNING | ERROR"),
     ("access_log", _bool, "log one line per request (never its payload)"),
+    ("drift_enabled", _bool, "measure drift against each model version's reference.json"),
+    ("drift_window_rows", int, "drift window: about the last this many rows per version"),
+    ("drift_window_s", float, "drift window: rows older than this many seconds age out"),
     ("tls_cert_file", Path, "PEM certificate chain: serve gRPC over TLS"),
     ("tls_key_file", Path, "PEM private key for --tls-cert-file"),
     ("tls_client_ca_file", Path, "PEM CA bundle: require client certificates (mutual TLS)"),
@@ -218,9 +221,6 @@ def _shown(value) -> str:
         return "unset"
     if isinstance(value, bool):
         return str(value).lower()
-    ("drift_enabled", _bool, "measure drift against each model version's reference.json"),
-    ("drift_window_rows", int, "drift window: about the last this many rows per version"),
-    ("drift_window_s", float, "drift window: rows older than this many seconds age out"),
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value).replace("%", "%%")

@@ -55,9 +55,9 @@ class ModelRepository:
     def __init__(self, root: Path, options: RuntimeOptions, drain_timeout_s: float = 30.0,
                  require_models: bool = True, drift: DriftService | None = None):
         self.folders = ModelFolders(root)
+        self.drift = drift  # None: no drift monitoring
         self.root = self.folders.root
         # Ready needs at least one model unless the operator loads models explicitly.
-        self.drift = drift  # None: no drift monitoring
         self._require_models = require_models
         self._options = options
         self._drain_timeout_s = drain_timeout_s
@@ -239,6 +239,9 @@ class ModelRepository:
             version = await asyncio.get_running_loop().run_in_executor(
                 None, ModelVersion, spec, number, path / str(number), self._options)
             await version.start()
+            if self.drift is not None:  # after warm-up: real rows only
+                version.drift = self.drift.watch(version.label, path / str(number),
+                                                 version.feed_names, version.output_datatypes)
         except BaseException as exc:
             if version is not None:  # free its session and threads now
                 await asyncio.shield(version.close(0.0))
@@ -264,9 +267,6 @@ class ModelRepository:
                 old = entry.versions
                 entry.versions = {}
                 entry.wanted = False
-            if self.drift is not None:  # after warm-up: real rows only
-                version.drift = self.drift.watch(version.label, path / str(number),
-                                                 version.feed_names, version.output_datatypes)
                 entry.state, entry.reason = UNAVAILABLE, "unloaded"
                 self._retire(old.values())
         finally:
@@ -297,6 +297,8 @@ class ModelRepository:
             entry.state, entry.reason = UNAVAILABLE, "server shutting down"
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
+        if self.drift is not None:
+            self.drift.stop()
 
     async def poll(self, load=None, unload=None) -> None:
         """One repository scan: load new or changed models, unload removed ones.
@@ -322,8 +324,6 @@ class ModelRepository:
                 await unload(name)
 
     def _notify(self, event: str, name: str, version: str, seconds: float, reason: str) -> None:
-        if self.drift is not None:
-            self.drift.stop()
         for listener in self.listeners:
             listener(event, name, version, seconds, reason)
 
