@@ -66,7 +66,7 @@ async def _stages(repository: Path, batch: int, seconds: float) -> list[tuple[st
     from server.core.model_config import read_model_config
     from server.protocol import grpc_service_pb2 as pb
     from server.core.runtime import RuntimeOptions
-    from server.grpc import convert
+    from server.kserve import messages as convert
 
     spec = read_model_config(repository / "mnist")
     model = ModelVersion(spec, 1, repository / "mnist" / "1", RuntimeOptions(1, False, False))

@@ -29,14 +29,59 @@ log = logging.getLogger("server.core.batcher")
 Feeds = dict[str, np.ndarray]
 
 
+class Ticket:
+    """A queued request's completion without an asyncio future: ``callback(ticket,
+    value, error)`` runs once, on the event loop, when the batch answers (or the queue
+    refuses or expires it). It reads like a future to the batcher (``done``,
+    ``set_result``, ``set_exception``), so queue rules hold for both kinds alike: a
+    cancelled ticket is dropped before it runs, and a result is set only if not done.
+    """
+
+    __slots__ = ("_callback", "_done", "tag")
+
+    def __init__(self, callback: Callable[["Ticket", object, BaseException | None], None],
+                 tag: object = None):
+        self._callback = callback
+        self._done = False
+        self.tag = tag  # the caller's, e.g. which part of a request this is
+
+    def done(self) -> bool:
+        return self._done
+
+    def cancel(self) -> bool:
+        """Drop it from the queue (no callback): the caller went away."""
+        if self._done:
+            return False
+        self._done = True
+        self._callback = None
+        return True
+
+    def set_result(self, value) -> None:
+        self._finish(value, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self._finish(None, error)
+
+    def _finish(self, value, error: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        callback, self._callback = self._callback, None
+        try:
+            callback(self, value, error)
+        except Exception:  # a face's bug must not stop the batch's other answers
+            log.exception("a request's completion callback failed")
+
+
 @dataclass(eq=False, slots=True)
 class Pending:
-    """One queued request: its model feeds, rows, merge key, future and deadline."""
+    """One queued request: its model feeds, rows, merge key, future (or Ticket) and
+    deadline."""
 
     feeds: Feeds
     rows: int
     key: Hashable
-    future: asyncio.Future
+    future: asyncio.Future | Ticket
     deadline: float  # time.monotonic() seconds; math.inf when none
     enqueued: float
     deadline_is_queue_timeout: bool
@@ -162,11 +207,9 @@ class DynamicBatcher:
         closing. ``deadline`` is the caller's (monotonic); a queue timeout may shorten it.
         """
         if self._closing:
-            raise ServerDrainingError(f"model {self.name!r} is shutting down; retry on "
-                                      "another replica")
+            raise self._closing_error()
         if len(self._queue) >= self._max_queue_size:
-            raise QueueFullError(f"model {self.name!r} queue is full ({self._max_queue_size} "
-                                 "requests waiting); retry later or slow down")
+            raise self._full_error()
         now = time.monotonic()
         by_timeout = False
         if queue_timeout_s > 0 and now + queue_timeout_s < deadline:
@@ -175,6 +218,39 @@ class DynamicBatcher:
         self._queue.append(Pending(feeds, rows, key, future, deadline, now, by_timeout))
         self._wakeup.set()
         return future
+
+    def submit_group(self, entries: list[tuple[Feeds, int, Hashable, float, Ticket]],
+                     queue_timeout_s: float = 0.0) -> None:
+        """Queue many validated requests in one step (one wake-up of the batch former).
+
+        ``entries``: (feeds, rows, key, deadline, ticket). Each ticket completes with
+        :class:`Completed`, or with the error :meth:`submit` would raise (queue full,
+        shutting down) at once, from this call. Must run on the batcher's event loop.
+        """
+        now = time.monotonic()
+        queued = False
+        for feeds, rows, key, deadline, ticket in entries:
+            if ticket.done():  # cancelled (or failed) before it was queued
+                continue
+            if self._closing or len(self._queue) >= self._max_queue_size:
+                ticket.set_exception(self._closing_error() if self._closing
+                                     else self._full_error())
+                continue
+            by_timeout = False
+            if queue_timeout_s > 0 and now + queue_timeout_s < deadline:
+                deadline, by_timeout = now + queue_timeout_s, True
+            self._queue.append(Pending(feeds, rows, key, ticket, deadline, now, by_timeout))
+            queued = True
+        if queued:
+            self._wakeup.set()
+
+    def _closing_error(self) -> ServerDrainingError:
+        return ServerDrainingError(f"model {self.name!r} is shutting down; retry on "
+                                   "another replica")
+
+    def _full_error(self) -> QueueFullError:
+        return QueueFullError(f"model {self.name!r} queue is full ({self._max_queue_size} "
+                              "requests waiting); retry later or slow down")
 
     # ---- batch forming ----------------------------------------------------------------
     async def _form_batches(self) -> None:

@@ -258,6 +258,14 @@ class ModelVersion:
             return {name: first.outputs[name] for name in wanted}
         return {name: np.concatenate([d.outputs[name] for d in done]) for name in wanted}
 
+    @property
+    def queue_timeout_s(self) -> float:
+        return self._queue_timeout_s
+
+    def requested_outputs(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
+        """The outputs to answer with (all when ``outputs`` is empty); unknown ones refused."""
+        return self._requested(outputs)
+
     def _requested(self, outputs: tuple[str, ...]) -> tuple[str, ...]:
         if not outputs:
             return self._output_names

@@ -10,10 +10,10 @@ parse becomes a clean INVALID_ARGUMENT instead of an exception inside gRPC.
 from __future__ import annotations
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from server.core.admission import ByteBudget
 from server.core.errors import InvalidInputError, ServingError
+from server.kserve.messages import parse_infer_request
 from server.protocol import grpc_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -42,19 +42,15 @@ class Incoming:
 
 
 def request_deserializer(budget: ByteBudget):
-    parse = pb.ModelInferRequest.FromString
-
     def deserialize(data: bytes) -> Incoming:
         nbytes = len(data)
         if not budget.take(nbytes):
             return Incoming(None, nbytes, budget.refusal(nbytes))
         try:
-            request = parse(data)
-        except DecodeError:
+            request = parse_infer_request(data)
+        except InvalidInputError as exc:
             budget.give(nbytes)
-            return Incoming(None, nbytes, InvalidInputError(
-                f"a {nbytes}-byte message is not a valid inference.ModelInferRequest "
-                "(protobuf decoding failed); send a message built from the KServe v2 proto"))
+            return Incoming(None, nbytes, exc)
         return Incoming(request, nbytes, None, budget)
 
     return deserialize

@@ -51,7 +51,10 @@ class GrpcPort:
     """The gRPC server with the inference service, health and reflection, bound (not
     yet started): ``port`` is the one the OS gave."""
 
-    def __init__(self, config: ServerConfig, servicer, budget: ByteBudget):
+    def __init__(self, config: ServerConfig, servicer, budget: ByteBudget,
+                 address: str | None = None):
+        """``address``: where to listen instead of the public port (the native face's
+        private fallback socket: plaintext, whatever the TLS settings)."""
         self.config = config
         self.server = grpc.aio.server(options=grpc_options(config))
         handlers.add_to_server(servicer, self.server, budget)
@@ -60,9 +63,10 @@ class GrpcPort:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self.server)
-        address = f"{config.grpc_host}:{config.grpc_port}"
+        private = address is not None
+        address = address or f"{config.grpc_host}:{config.grpc_port}"
         try:
-            if config.tls_cert_file:
+            if config.tls_cert_file and not private:
                 self.port = self.server.add_secure_port(address, _server_credentials(config))
             else:
                 self.port = self.server.add_insecure_port(address)

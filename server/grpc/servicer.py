@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 
 from server.core.errors import OverloadedError, ServingError
 from server.dataplane.dataplane import DataPlane
-from server.grpc import convert
 from server.grpc.handlers import Incoming
 from server.grpc.status import status_for
+from server.kserve import messages
 from server.kserve.status import short_details
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -37,35 +36,10 @@ def _stream_error(exc: ServingError, request_id: str) -> pb.ModelStreamInferResp
         infer_response=pb.ModelInferResponse(id=request_id))
 
 
-class GrpcRequest:
+class GrpcRequest(messages.PbRequest):
     """A ModelInferRequest as the dataplane reads it (server.dataplane.WireRequest)."""
 
-    __slots__ = ("request", "model_name", "model_version", "_remaining")
-
-    def __init__(self, request: pb.ModelInferRequest, remaining: float | None):
-        self.request = request
-        self.model_name = request.model_name
-        self.model_version = request.model_version
-        self._remaining = remaining
-
-    def request_id(self) -> str:
-        return self.request.id
-
-    def headers(self):
-        return convert.input_headers(self.request)
-
-    def decode_is_heavy(self, headers) -> bool:
-        return convert.decode_is_heavy(self.request, headers)
-
-    def decode(self, headers):
-        return convert.request_inputs(self.request, headers)
-
-    def outputs(self) -> tuple[str, ...]:
-        return convert.requested_outputs(self.request)
-
-    def deadline(self, started: float) -> float:
-        # time_remaining() was read as the call reached the servicer, just before started
-        return math.inf if self._remaining is None else started + self._remaining
+    __slots__ = ()
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -138,7 +112,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if isinstance(result, ServingError):
             return result
         model, outputs = result
-        return convert.infer_response(incoming.request, model.name, model.version, outputs,
+        return messages.infer_response(incoming.request, model.name, model.version, outputs,
                                       model.output_datatypes)
 
     async def ModelStreamInfer(self, request_iterator, context):

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from server.core.batcher import DynamicBatcher
-from server.core.errors import DeadlineExceededError, InternalError, QueueFullError
+from server.core.batcher import DynamicBatcher, Ticket
+from server.core.errors import (DeadlineExceededError, InternalError, QueueFullError,
+                                ServerDrainingError)
 
 
 class Recorder:
@@ -214,3 +215,64 @@ def test_close_drains_queued_work():
     values, batcher = asyncio.run(main())
     assert values == [2.0 * i for i in range(10)]
     assert batcher.idle and math.isfinite(values[-1])
+
+
+# ---- group entry (the native gRPC face): tickets instead of futures ------------------------
+async def _until(predicate):
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+def test_group_entry_answers_by_callback_and_keeps_the_queue_rules():
+    """One step queues a group; each ticket's callback gets its own rows or its error;
+    cancelled tickets never run; expired ones get DEADLINE_EXCEEDED; past the queue
+    size the rest are refused at once; a result is never set twice."""
+    async def main():
+        model = Recorder()
+        batcher = await _started(model, max_queue_size=4)
+        model.gate.clear()
+        blocker = batcher.submit(_feeds(0.0), 1, (3,))
+        await _until(lambda: batcher.executing == 1)  # the blocker holds the instance
+        answers = {}
+
+        def record(ticket, value, error):
+            assert ticket.tag not in answers, "answered twice"
+            answers[ticket.tag] = (value, error)
+
+        tickets = [Ticket(record, tag) for tag in range(6)]
+        tickets[0].cancel()  # the caller left before it was queued
+        entries = [(_feeds(float(tag), rows=1 + tag % 2), 1 + tag % 2, (3,), math.inf,
+                    ticket) for tag, ticket in enumerate(tickets)]
+        entries[2] = entries[2][:3] + (time.monotonic() - 1.0, tickets[2])  # already late
+        batcher.submit_group(entries)  # 1..4 fit the queue of 4; 5 is refused at once
+        assert set(answers) == {5} and isinstance(answers[5][1], QueueFullError)
+        tickets[3].cancel()  # the caller left while it was queued
+        model.gate.set()
+        await blocker
+        await _until(lambda: len(answers) == 4)
+        await batcher.close(1)
+        return model, answers, tickets
+
+    model, answers, tickets = asyncio.run(main())
+    assert model.batches == [1, 3]  # the blocker, then tickets 1 (2 rows) and 4 (1 row)
+    assert set(answers) == {1, 2, 4, 5}  # 0 and 3 were cancelled: no callback
+    assert isinstance(answers[2][1], DeadlineExceededError)
+    for tag, rows in ((1, 2), (4, 1)):
+        value, error = answers[tag]
+        assert error is None and value.batch_size == 3
+        np.testing.assert_array_equal(value.outputs["y"],
+                                      np.full((rows, 3), 2.0 * tag, np.float32))
+    assert all(t.done() for t in tickets)
+
+
+def test_group_entry_refuses_everything_once_closing():
+    async def main():
+        batcher = await _started(Recorder())
+        await batcher.close(1)
+        answers = []
+        batcher.submit_group([(_feeds(1.0), 1, (3,), math.inf,
+                               Ticket(lambda t, v, e: answers.append(e)))])
+        return answers
+
+    (error,) = asyncio.run(main())
+    assert isinstance(error, ServerDrainingError)

@@ -1,4 +1,5 @@
-"""KServe v2 gRPC messages <-> numpy arrays (the tensor checks live in server.kserve.tensors).
+"""KServe v2 protobuf messages <-> numpy arrays, for every face that speaks gRPC (grpc,
+native); the tensor checks live in server.kserve.tensors. Protobuf only, no transport.
 
 Fixed-size datatypes decode with ``np.frombuffer`` (no per-element Python work).
 Every size is checked before any array is built, so a lying request gets a clear
@@ -7,7 +8,10 @@ INVALID_ARGUMENT instead of a huge allocation or a crash.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from server.core.datatypes import V2_TO_NUMPY
 from server.core.errors import InvalidInputError
@@ -120,3 +124,45 @@ def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
         else:
             raw.append(np.ascontiguousarray(value).tobytes())
     return response
+
+
+def parse_infer_request(data: bytes) -> pb.ModelInferRequest:
+    """A ModelInferRequest from its bytes, or InvalidInputError saying it is not one."""
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError:
+        raise InvalidInputError(
+            f"a {len(data)}-byte message is not a valid inference.ModelInferRequest "
+            "(protobuf decoding failed); send a message built from the KServe v2 proto"
+        ) from None
+
+
+class PbRequest:
+    """A ModelInferRequest as the dataplane reads it (server.dataplane.WireRequest)."""
+
+    __slots__ = ("request", "model_name", "model_version", "_remaining")
+
+    def __init__(self, request: pb.ModelInferRequest, remaining: float | None):
+        self.request = request
+        self.model_name = request.model_name
+        self.model_version = request.model_version
+        self._remaining = remaining
+
+    def request_id(self) -> str:
+        return self.request.id
+
+    def headers(self):
+        return input_headers(self.request)
+
+    def decode_is_heavy(self, headers) -> bool:
+        return decode_is_heavy(self.request, headers)
+
+    def decode(self, headers):
+        return request_inputs(self.request, headers)
+
+    def outputs(self) -> tuple[str, ...]:
+        return requested_outputs(self.request)
+
+    def deadline(self, started: float) -> float:
+        # the time remaining was read as the call reached the face, just before started
+        return math.inf if self._remaining is None else started + self._remaining
