@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from server.cluster import worker as workers
 from server.cluster.coordinator import Coordinator
 from server.cluster.servicer import PeerServicer
-from server.config import ServerConfig
+from server.config import ServerConfig, grpc_frontend
 from server.core.admission import ByteBudget
 from server.core.drift_window import DriftOptions, DriftService
 from server.core.errors import StartupError
@@ -44,11 +44,14 @@ class RunningServer:
     request_budget: ByteBudget
     # The other worker processes (``--workers N``); None when this process serves alone.
     peers: object = None
+    # The native gRPC face (server.native) on the public port; ``grpc`` then listens on
+    # its private fallback socket only. None when grpcio serves the public port.
+    native: object = None
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
     def grpc_port(self) -> int:
-        return self.grpc.port
+        return self.native.port if self.native is not None else self.grpc.port
 
     async def sync_health(self) -> None:
         """grpc.health from the same rule as ServerReady, after every readiness change.
@@ -76,12 +79,20 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
                           cluster=coordinator)
     servicer = (InferenceServicer if peers is None else PeerServicer)(dataplane)
     budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
-    port = GrpcPort(config, servicer, budget)
+    native = None
+    if grpc_frontend(config) == "native":
+        # The native front serves the public port and forwards what it does not serve
+        # itself (streams, health, reflection) to the grpcio server on a private socket.
+        from server.native.front import NativePort
+        native = NativePort(config, dataplane, servicer, budget)
+        port = GrpcPort(config, servicer, budget, address=f"unix:{native.fallback_socket}")
+    else:
+        port = GrpcPort(config, servicer, budget)
     # With workers the REST port is shared the same way (server.rest.server).
     if peers is not None:
         workers.add_private_port(port, config)
     running = RunningServer(config, repository, lifecycle, dataplane, port, asyncio.Event(),
-                            budget, peers)
+                            budget, peers, native)
     await port.set_serving(False)
     repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
@@ -126,8 +137,17 @@ async def start(running: RunningServer) -> None:
 async def _listen(running: RunningServer) -> None:
     config = running.config
     await running.grpc.server.start()
-    log.info("gRPC listening on %s:%d (%s)", config.grpc_host, running.grpc_port,
-             "TLS" if config.tls_cert_file else "plaintext")
+    if running.native is not None:
+        running.native.start()
+    face = ("native front end, pygrpc-native" if running.native is not None
+            else "grpcio front end")
+    log.info("gRPC listening on %s:%d (%s, %s; --grpc-frontend %s)", config.grpc_host,
+             running.grpc_port, "TLS" if config.tls_cert_file else "plaintext", face,
+             config.grpc_frontend)
+    if running.native is not None and (config.grpc_max_connection_idle_s
+                                       or config.grpc_max_connection_age_s):
+        log.info("native gRPC front end: connection idle/age limits are not applied "
+                 "(the library has none); use --grpc-frontend grpcio to have them")
 
 
 async def drain_and_stop(running: RunningServer) -> None:
@@ -144,6 +164,8 @@ async def drain_and_stop(running: RunningServer) -> None:
     # Open streams carry no work now: end them, so they do not hold the stop below.
     running.lifecycle.close_streams()
     await running.grpc.server.stop(max(0.0, deadline - time.monotonic()))
+    if running.native is not None:  # after the fallback: streams pass through it
+        await running.native.stop()
     await running.repository.close()
     if running.peers is not None:
         await running.peers.close()

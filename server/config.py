@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+# Who serves the public gRPC port: "native" (pygrpc-native, calls taken in batches; no
+# TLS), "grpcio" (grpc.aio), or "auto": native unless TLS is configured.
+GRPC_FRONTENDS = ("auto", "native", "grpcio")
 LOG_FORMATS = ("text", "json")
 
 
@@ -61,6 +64,7 @@ class ServerConfig:
     grpc_max_connection_age_grace_s: float = 30.0
     grpc_keepalive_time_s: float = 60.0  # ping idle clients to find dead connections
     grpc_keepalive_timeout_s: float = 20.0
+    grpc_frontend: str = "auto"
     model_control_mode: str = "none"
     repository_poll_interval_s: float = 15.0
     # Models to load at start in explicit mode (Triton's --load-model); empty = all.
@@ -114,6 +118,12 @@ class ServerConfig:
                      "grpc_keepalive_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)!r}")
+        if self.grpc_frontend not in GRPC_FRONTENDS:
+            raise ValueError(f"grpc_frontend must be one of {GRPC_FRONTENDS}, got "
+                             f"{self.grpc_frontend!r}")
+        if self.grpc_frontend == "native" and self.tls_cert_file is not None:
+            raise ValueError("grpc_frontend 'native' has no TLS, but tls_cert_file is set: use "
+                             "--grpc-frontend grpcio (or auto) for a TLS gRPC port")
         if self.model_control_mode not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control_mode must be one of {MODEL_CONTROL_MODES}, "
                              f"got {self.model_control_mode!r}")
@@ -194,6 +204,8 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("grpc_keepalive_time_s", float, "ping a silent client after this long (0 = never)"),
     ("grpc_keepalive_timeout_s", float, "close the connection when a ping is not answered "
      "this fast"),
+    ("grpc_frontend", str, "auto | native | grpcio: who serves the gRPC port (native: "
+     "pygrpc-native, batch-first, no TLS; auto: native unless TLS is set)"),
     ("model_control_mode", str, "none | explicit | poll"),
     ("repository_poll_interval_s", float, "seconds between repository scans in poll mode"),
     ("startup_models", _csv, "comma-separated models to load at start in explicit mode"),
@@ -266,6 +278,13 @@ def load_config(argv: Sequence[str] | None = None,
             continue
         values[name] = value
     return ServerConfig(**values)
+
+
+def grpc_frontend(config: ServerConfig) -> str:
+    """The face that serves the public gRPC port: "native" or "grpcio"."""
+    if config.grpc_frontend != "auto":
+        return config.grpc_frontend
+    return "grpcio" if config.tls_cert_file is not None else "native"
 
 
 def effective_workers(config: ServerConfig) -> int:
