@@ -42,6 +42,12 @@ class NativeInfer(PbRequest):
         self._face = face
         self._budget = budget
 
+    def drop(self) -> None:
+        """The call ended unanswered (client cancel, deadline): free what it holds."""
+        if not self.finished:
+            self.finished = True
+            self._release()
+
     def finish(self, result) -> None:
         """Answer the call: (model, outputs) or a ServingError. Once."""
         if self.finished:
@@ -59,10 +65,13 @@ class NativeInfer(PbRequest):
             self.request = None  # free the request's bytes before the reply goes out
             face.reply(self.call_id, data)
         finally:
-            self.request = None
-            budget, self._budget = self._budget, None
-            if budget is not None:
-                budget.give(self.nbytes)
+            self._release()
+
+    def _release(self) -> None:
+        self.request = None
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.give(self.nbytes)
 
 
 class Aborted(Exception):

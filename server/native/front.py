@@ -91,7 +91,8 @@ class NativePort:
         self.fallback_socket = str(self._folder / "fallback.sock")
         self.front.set_fallback(self.fallback_socket)
         self.port = self.front.bound_port
-        self._calls: dict[int, object] = {}  # call id -> handle (cancel()) while queued
+        # call id -> (call, handle with cancel()) while it waits for its batch
+        self._calls: dict[int, tuple[NativeInfer, object]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._taken = threading.Event()  # the loop took the last batch of events
@@ -141,9 +142,7 @@ class NativePort:
             infers: list[NativeInfer] = []
             for kind, call_id, method_id, payload, _, details in events:
                 if kind == EVENT_CANCEL:
-                    handle = self._calls.pop(call_id, None)
-                    if handle is not None:
-                        handle.cancel()
+                    self._cancel(call_id)
                 elif method_id == 0:
                     call = self._admit(call_id, payload, details)
                     if call is not None:
@@ -184,7 +183,16 @@ class NativePort:
         handles = infer_group(self.dataplane, calls, "grpc")
         for call, handle in zip(calls, handles):
             if handle is not None and not call.finished:
-                self._calls[call.call_id] = handle
+                self._calls[call.call_id] = (call, handle)
+
+    def _cancel(self, call_id: int) -> None:
+        """The call ended unanswered (client cancel or deadline): drop it from its
+        queue, and give its bytes back."""
+        entry = self._calls.pop(call_id, None)
+        if entry is not None:
+            call, handle = entry
+            handle.cancel()
+            call.drop()
 
     # ---- answers (event loop) ----------------------------------------------------------
     def forget(self, call_id: int) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server.config import load_config
+from server.config import grpc_frontend, load_config
 
 
 def test_flags_then_environment_then_defaults(tmp_path):
@@ -25,6 +25,10 @@ def test_flags_then_environment_then_defaults(tmp_path):
     ([], {"SERVE_ACCESS_LOG": "perhaps"}, "'perhaps'"),
     (["--repository-api-key", "no-colon"], {}, "header-name:secret"),
     (["--max-message-bytes", "10"], {}, "10"),
+    (["--grpc-frontend", "tonic"], {}, "'tonic'"),
+    ([], {"SERVE_GRPC_FRONTEND": "fast"}, "'fast'"),
+    (["--grpc-frontend", "native", "--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"], {},
+     "'native' has no TLS"),
 ])
 def test_bad_settings_are_refused_with_the_value(tmp_path, args, env, fragment):
     with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
@@ -44,3 +48,14 @@ def test_help_shows_every_default():
                      "(default: 268435456;", "(default: 1024;", "(default: false;",
                      "(default: unset;"):
         assert fragment in text, fragment
+
+
+@pytest.mark.parametrize("args, env, face", [
+    ([], {}, "native"),  # auto: the native face where it can serve the configuration
+    (["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem"], {}, "grpcio"),  # auto + TLS
+    ([], {"SERVE_GRPC_FRONTEND": "grpcio"}, "grpcio"),
+    (["--grpc-frontend", "native"], {"SERVE_GRPC_FRONTEND": "grpcio"}, "native"),
+])
+def test_grpc_frontend_native_unless_tls_or_asked(tmp_path, args, env, face):
+    config = load_config(["--model-repository", str(tmp_path), *args], env)
+    assert grpc_frontend(config) == face
