@@ -110,6 +110,6 @@ class Context:
 
 
 def too_big(nbytes: int, limit: int, what: str = "Received") -> tuple[int, str]:
-    """gRPC's own refusal of a message over the size limit (code, message)."""
-    return RESOURCE_EXHAUSTED, (f"{what} message larger than max ({nbytes} vs. {limit}); "
-                                "the limit is --max-message-bytes")
+    """grpc-core's own refusal of a message over the size limit (code, message), word
+    for word as the grpcio face answers it."""
+    return RESOURCE_EXHAUSTED, f"SERVER: {what} message larger than max ({nbytes} vs. {limit})"

@@ -165,6 +165,7 @@ def test_request_over_max_message_bytes_is_refused_and_server_keeps_serving(lock
     assert too_big.nbytes > MAX_MESSAGE
     code, message = _code(locked_stub.ModelInfer, mnist_request(too_big))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, message)
+    assert message.startswith("SERVER: Received message larger than max ("), message
     fits = np.zeros((64, 28, 28, 1), np.float32)  # 200 KB
     reply = locked_stub.ModelInfer(mnist_request(fits), timeout=30)
     assert output_array(reply, "probabilities").shape == (64, 10)
