@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import os
@@ -303,6 +304,17 @@ def _levels(text: str) -> list[int]:
     return values
 
 
+FACES = ("native", "grpcio")
+
+
+def _faces(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values or any(v not in FACES for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated faces out of {FACES}, "
+                                         f"got {text!r}")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --url: the server's pid, for its CPU per request")
     parser.add_argument("--workers", type=_levels, default=[1],
                         help="server worker processes to sweep, e.g. 1,2 (--workers)")
+    parser.add_argument("--faces", type=_faces, default=["native", "grpcio"],
+                        help="gRPC faces to sweep (--grpc-frontend), e.g. native,grpcio")
     parser.add_argument("--compare-spinning", action="store_true",
                         help="sweep twice: server with --ort-spinning false, then true")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -344,18 +358,19 @@ def main(argv: list[str] | None = None) -> int:
         points += sweep(args.url, models, args.concurrency, args.duration_s, "external",
                         args.server_pid)
     else:
-        for workers in args.workers:
-            for spinning in ([False, True] if args.compare_spinning else [False]):
-                label = f"w{workers} spin {'on' if spinning else 'off'}"
-                _say(f"starting the server ({label}) on {args.model_repository} ...")
-                server = BenchServer(args.model_repository, "--ort-spinning",
-                                     str(spinning).lower(), "--intra-op-threads",
-                                     str(args.intra_op_threads), "--workers", str(workers))
-                try:
-                    points += sweep(server.url, models, args.concurrency, args.duration_s,
-                                    label, server.proc.pid)
-                finally:
-                    server.stop()
+        for face, workers, spinning in itertools.product(
+                args.faces, args.workers, [False, True] if args.compare_spinning else [False]):
+            label = f"{face} w{workers} spin {'on' if spinning else 'off'}"
+            _say(f"starting the server ({label}) on {args.model_repository} ...")
+            server = BenchServer(args.model_repository, "--ort-spinning",
+                                 str(spinning).lower(), "--intra-op-threads",
+                                 str(args.intra_op_threads), "--workers", str(workers),
+                                 "--grpc-frontend", face)
+            try:
+                points += sweep(server.url, models, args.concurrency, args.duration_s,
+                                label, server.proc.pid)
+            finally:
+                server.stop()
     ort_points = ort_throughput(args.model_repository, models, args.batch_sizes,
                                 args.intra_op_threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 optionally an older checkout too), Triton and the do-nothing grpc.aio server.
 
     python -m tools.peer_compare [--rounds 2] [--duration-s 4] [--workers 1,2]
+        [--faces native,grpcio]
         [--before /path/to/older/checkout] [--triton 127.0.0.1:18001 --triton-pid PID]
         [--null-server ../shared/peers/null_server.py]
 
@@ -25,12 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(ROOT))
 
-from tools.bench import BenchServer, _levels, sweep  # noqa: E402
+from tools.bench import BenchServer, _faces, _levels, sweep  # noqa: E402
 
 
-def _start_ours(checkout: Path, workers: int) -> BenchServer:
-    # python -m server runs in (so serves) that checkout's code
-    return BenchServer(checkout / "models", "--workers", str(workers), cwd=checkout)
+def _start_ours(checkout: Path, workers: int, face: str | None = None) -> BenchServer:
+    # python -m server runs in (so serves) that checkout's code; an older checkout may
+    # not know --grpc-frontend (face None: its own default)
+    face_args = ("--grpc-frontend", face) if face else ()
+    return BenchServer(checkout / "models", "--workers", str(workers), *face_args,
+                       cwd=checkout)
 
 
 def main() -> int:
@@ -39,6 +43,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--duration-s", type=float, default=4.0)
     parser.add_argument("--workers", type=_levels, default=[1, 2])
+    parser.add_argument("--faces", type=_faces, default=["native", "grpcio"],
+                        help="our gRPC faces to run (--grpc-frontend)")
     parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--triton", default="")
     parser.add_argument("--triton-pid", type=int, default=None)
@@ -47,10 +53,11 @@ def main() -> int:
     args = parser.parse_args()
     targets: list[tuple[str, str, int | None, bool]] = []  # label, url, pid, ours
     owned: list = []
-    for workers in args.workers:
-        server = _start_ours(ROOT, workers)
-        owned.append(server)
-        targets.append((f"ours w{workers}", server.url, server.proc.pid, True))
+    for face in args.faces:
+        for workers in args.workers:
+            server = _start_ours(ROOT, workers, face)
+            owned.append(server)
+            targets.append((f"{face} w{workers}", server.url, server.proc.pid, True))
     if args.before is not None:
         server = _start_ours(args.before.resolve(), 1)
         owned.append(server)
