@@ -23,6 +23,7 @@ import numpy as np
 
 from server.client.api import (DEFAULT_URL, ClientError, Connection, connect, image_request,
                                output_array, text_request)
+from server.client.drift import DEFAULT_METRICS_URL, drift_lines, read_drift
 
 TEXT_CHUNK = 32  # texts per request when reading many lines (below max_batch_size)
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -104,12 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
                       help="texts to score; none or '-' reads one text per line from stdin")
     commands.add_parser("services", help="list the server's gRPC services and methods "
                                          "(server reflection, like grpcurl list/describe)")
+    drift = commands.add_parser("drift", help="each model's drift from its training reference "
+                                              "(PSI per signal, from the server's /metrics)")
+    drift.add_argument("drift_model", nargs="?", metavar="MODEL", help="only this model")
+    drift.add_argument("--metrics-url", default=DEFAULT_METRICS_URL,
+                       help=f"the server's Prometheus endpoint (default {DEFAULT_METRICS_URL})")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ClientError(f"--timeout must be > 0, got {args.timeout!r}")
+    if args.command == "drift":  # Prometheus over HTTP, not gRPC
+        for line in drift_lines(read_drift(args.metrics_url, args.timeout), args.drift_model):
+            print(line)
+        return 0
     conn = connect(args.url, args.timeout, args.ca_file)
     model = args.model or args.command
     if args.command == "services":

@@ -137,6 +137,16 @@ class DataPlane:
                                      "model card (a model_card.json beside its model.onnx)")
         return card
 
+    def drift(self, name: str, version: str):
+        """The version's drift window against its reference (this process's window: with
+        workers, each worker measures the requests it serves, a sample of the same traffic)."""
+        model = self.repository.get(name, version)
+        if model.drift is None:
+            raise ModelNotFoundError(f"model '{model.name}' version {model.version} has no drift "
+                                     "reference (a reference.json beside its model.onnx; "
+                                     "python -m server.reference writes one)")
+        return model.drift.snapshot()
+
     def statistics_here(self, name: str, version: str):
         return statistics_response(self.repository, name, version)
 

@@ -134,6 +134,8 @@ class RestApi:
             return json_reply(to_json(await plane.statistics(name, version), defaults=True))
         if action == "config":
             return json_reply(to_json(plane.model_config(name, version)))
+        if action == "drift":  # our extension: live signals against the reference
+            return json_reply(asdict(plane.drift(name, version)))
         if action == "card":  # our extension: what the model's pipeline measured
             return json_reply(plane.model_card(name, version))
         meta = plane.model_metadata(name, version)

@@ -28,6 +28,8 @@ ROUTES: tuple[tuple[str, str, str, str | None, str | None], ...] = (
           ("get", "/stats", "Model statistics", None, "Statistics"),
           ("get", "/card", "Model card: what the training pipeline measured (404 when "
            "the version has no model_card.json)", None, "Object"),
+          ("get", "/drift", "Drift: PSI and live vs reference proportions per signal "
+           "(404 when the version has no reference.json)", None, "Object"),
           ("post", "/infer", "Inference: JSON tensors, or JSON plus binary tensor data",
            "InferRequest", "InferResponse"))),
     ("post", "/v2/repository/index", "Every model in the repository with its state", "Index",

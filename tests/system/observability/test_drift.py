@@ -8,11 +8,18 @@ timed: each step waits until the drift thread has measured the rows it was sent.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
 import numpy as np
 import pytest
 
 from server.client import connect, image_request, text_request
-from tests.conftest import ServerProcess
+from tests.conftest import REPO_ROOT, ServerProcess
+from tests.support.browser import browser, watched_page  # noqa: F401  (fixture)
 from tests.support.datasets import imdb_test_reviews
 from tests.support.loadkit import metric, scrape, wait_until
 from tests.support.wire import mnist_images
@@ -64,6 +71,19 @@ def test_mnist_drift_low_on_real_digits_and_high_on_inverted(drifting):
             conn.infer(image_request("mnist", inverted[start:start + 20]))
         shifted = _drift(drifting, "mnist", 2 * WINDOW_ROWS)
     assert shifted["image_mean"] > 0.2 and shifted["confidence"] > 0.2, shifted
+    # The same window over REST, and as a person reads it from the CLI.
+    with urllib.request.urlopen(f"{drifting.http_url}/v2/models/mnist/drift", timeout=10) as r:
+        document = json.loads(r.read())
+    assert document["rows"] >= WINDOW_ROWS
+    by_name = {s["name"]: s for s in document["signals"]}
+    assert by_name["image_mean"]["psi"] > 0.2
+    assert len(by_name["image_mean"]["live"]) == len(by_name["image_mean"]["edges"]) + 1
+    cli = subprocess.run([sys.executable, "-m", "server.client", "drift", "mnist", "--metrics-url",
+                          f"http://127.0.0.1:{drifting.metrics_port}/metrics"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith("mnist v1 ") and "SHIFTED: " in cli.stdout
+    assert "image_mean" in cli.stdout.split("SHIFTED: ")[1]
 
 
 def test_sentiment_drift_low_on_real_reviews_and_high_on_another_language(drifting):
@@ -96,5 +116,28 @@ def test_a_bad_reference_is_a_warning_and_the_model_serves(tmp_path, models_dir)
         samples = scrape(proc.metrics_port)
         assert not [key for key in samples if key[0].startswith("onnxserve_drift_")]
         assert "drift reference not used" in proc.log and "stat is 'median'" in proc.log
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"{proc.http_url}/v2/models/mnist/drift", timeout=10)
+        assert answer.value.code == 404 and b"reference.json" in answer.value.read()
     finally:
         proc.stop()
+
+
+def test_the_console_shows_which_signal_shifted(drifting, browser):  # noqa: F811
+    images, labels = mnist_images(WINDOW_ROWS)
+    if labels is None:
+        pytest.skip("needs the MNIST data (DATA_DIR with mnist.npz)")
+    before = metric(scrape(drifting.metrics_port), "onnxserve_drift_rows_total", model="mnist")
+    with connect(drifting.address) as conn:
+        for start in range(0, WINDOW_ROWS, 20):
+            conn.infer(image_request("mnist", 1.0 - images[start:start + 20]))
+    _drift(drifting, "mnist", before + WINDOW_ROWS)
+    page = watched_page(browser, drifting.http_url + "/")
+    section = "details.drift[data-model=mnist]"
+    page.wait_for_selector(f"{section} summary .shifted", timeout=30_000)
+    page.click(f"{section} summary")
+    psi = float(page.inner_text(f"{section} tr[data-signal=image_mean] .psi"))
+    assert psi > 0.2
+    assert len(page.query_selector_all(f"{section} tr[data-signal=image_mean] .bin.live")) == 10
+    assert not page.problems, page.problems
+    page.close()
