@@ -25,7 +25,7 @@ from server.rest.protojson import to_json
 log = logging.getLogger("server.http")
 
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-                         r"(?:/(?P<action>ready|config|stats|card|infer))?")
+                         r"(?:/(?P<action>ready|config|stats|card|drift|infer))?")
 _REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unload)")
 _FIXED_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats",
                 "/v2/repository/index"}
