@@ -1,9 +1,12 @@
 """``python -m tools.abuse``: attack a real server from the outside and measure the harm.
 
-Each scenario starts a fresh server (``tools.soak.Server``, on ``tools.launcher``), attacks it from this
-process while bystander clients in another process send 1-image mnist requests, and
-prints what the attack cost them: their p99 latency and failures, the server's resident
-memory, its throughput. A scenario fails when a goal is missed (exit code 1):
+Each scenario starts a fresh server (``tools.soak.Server``, on ``tools.launcher``), attacks it
+from this process while bystander clients in another process send 1-image mnist requests
+over gRPC and REST (``tools.abuse_kit.Bystanders``), and prints what the attack cost them,
+per protocol: p99 and longest call, failures, the server's resident memory, its
+throughput. A scenario fails when a goal is missed (exit code 1). The scenarios here
+attack gRPC; ``tools.abuse_rest`` adds the REST ones (``rest-*``, issue #22), and other
+modules register theirs in ``SCENARIOS`` (and their server flags in ``SERVER_ARGS``):
 
 - ``memory``: 16 concurrent ~60 MiB requests, all refused: resident memory 5 s later
   within 300 MiB of the baseline.

@@ -98,6 +98,10 @@ class Outcome:
             return max(self.p99_ms(p) for p in self.latencies)
         return p99_ms(self.latencies[protocol])
 
+    def max_ms(self) -> float:
+        """The longest answered call of any protocol (a stall shows here, not in p99)."""
+        return max(float(np.nanmax(v)) * 1e3 for v in self.latencies.values())
+
     def failed(self) -> int:
         return sum(sum(kinds.values()) for kinds in self.failures.values())
 
@@ -145,3 +149,27 @@ def verdict(ok: bool) -> str:
 
 def p99_ms(latencies: np.ndarray) -> float:
     return float(np.percentile(latencies, 99) * 1e3)
+
+
+class PeakRss:
+    """The server's peak resident memory (MiB) while the ``with`` block runs, sampled
+    every 50 ms in a thread: ``with PeakRss(server) as rss: ...; rss.peak``."""
+
+    def __init__(self, server):
+        self._server = server
+        self.peak = server.rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._server.rss_mib())
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._server.rss_mib())

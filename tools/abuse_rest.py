@@ -22,17 +22,17 @@ Only 127.0.0.1 is contacted; every loop is bounded in count and time.
 
 from __future__ import annotations
 
+import collections
 import gzip
 import http.client
 import json
 import socket
 import threading
 import time
-import zlib
 
-from tools.abuse_kit import MIB, Bystanders, verdict
+from tools.abuse_kit import MIB, Bystanders, PeakRss, verdict
 
-_STATUS_BYTES = 12  # b"HTTP/1.1 400"
+STALL_MS = 300  # the longest a bystander call may take while an attack runs
 
 
 def _infer_path(model: str) -> str:
@@ -92,20 +92,249 @@ def heavy_bodies() -> dict[str, tuple[str, bytes, dict]]:
 def scenario_decode(server) -> bool:
     passed = True
     for label, (path, body, headers) in heavy_bodies().items():
-        bystanders = Bystanders(server, seconds=7)
-        time.sleep(2)  # bystanders connected and steady
-        started = time.monotonic()
-        status, data = _post(server.http_port, path, body, headers)
-        took = time.monotonic() - started
-        seen = bystanders.result()
-        ok = seen.ok(100) and status == 400 and _is_json_error(data)
+        # A stall on this shared 2-core box can also be another process's doing: a
+        # case that misses its goal is tried once more, and both figures are printed.
+        ok = _decode_once(server, label, path, body, headers) or _decode_once(
+            server, label + " (again)", path, body, headers)
         passed &= ok
-        print(f"rest-decode: {label} ({len(body) / MIB:.0f} MiB): {status} in {took:.2f} s "
-              f"{data[:90]!r}; {seen.summary()} -> {verdict(ok)}")
         del body
     return passed
 
 
-SCENARIOS = {"rest-decode": scenario_decode}
+def _decode_once(server, label: str, path: str, body: bytes, headers: dict) -> bool:
+    bystanders = Bystanders(server, seconds=7)
+    time.sleep(2)  # bystanders connected and steady
+    started = time.monotonic()
+    status, data = _post(server.http_port, path, body, headers)
+    took = time.monotonic() - started
+    seen = bystanders.result()
+    # A stall shows in the longest call, not in p99 (one stall among thousands).
+    ok = seen.ok(100) and seen.max_ms() < STALL_MS and status == 400 and _is_json_error(data)
+    print(f"rest-decode: {label} ({len(body) / MIB:.0f} MiB): {status} in {took:.2f} s "
+          f"{data[:90]!r}; {seen.summary()} -> {verdict(ok)}")
+    return ok
+
+
+# ---- item 2: idle sockets announcing huge bodies --------------------------------------------
+IDLE_BODY_TIMEOUT_S = 5
+
+
+def _raw_head(path: str, **headers) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: abuse"]
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _read_status(sock: socket.socket, timeout_s: float) -> tuple[int, bytes]:
+    """(status, first bytes) of the answer on ``sock``; (0, b"") when it closed silently,
+    (-1, b"") when nothing came in ``timeout_s``."""
+    sock.settimeout(timeout_s)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 5:
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+    except socket.timeout:
+        if not data:
+            return -1, b""
+    except OSError:
+        pass
+    if not data.startswith(b"HTTP/1."):  # aiohttp answers unparsable requests in 1.0
+        return 0, data[:80]
+    return int(data[9:12]), data.split(b"\r\n\r\n", 1)[-1][:120]
+
+
+def scenario_idle_length(server, count: int = 8) -> bool:
+    bystanders = Bystanders(server, seconds=8)
+    time.sleep(1)
+    started = time.monotonic()
+    idlers = [socket.create_connection(("127.0.0.1", server.http_port)) for _ in range(count)]
+    for sock in idlers:
+        sock.sendall(_raw_head(_infer_path("mnist"), Content_Length=64 * MIB))
+    seen = bystanders.result()
+    answers = [_read_status(sock, 60) for sock in idlers]
+    closed_after = time.monotonic() - started
+    for sock in idlers:
+        sock.close()
+    statuses = sorted({status for status, _ in answers})
+    ok = not seen.failed() and statuses == [408]
+    print(f"rest-idle-length: {count} connections announce Content-Length 64 MiB and send "
+          f"nothing: {seen.summary()}; idlers answered {statuses} after {closed_after:.1f} s "
+          f"(--http-body-read-timeout-s {IDLE_BODY_TIMEOUT_S}) -> {verdict(ok)}")
+    return ok
+
+
+# ---- item 3: chunked and gzip uploads -------------------------------------------------------
+def _upload(port: int, form: str, size: int, gz: bytes, out: list) -> None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+            if form == "chunked":
+                piece = b"x" * MIB
+                sock.sendall(_raw_head(_infer_path("mnist"), Transfer_Encoding="chunked"))
+                for _ in range(size // MIB):
+                    sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                sock.sendall(b"0\r\n\r\n")
+            else:
+                sock.sendall(_raw_head(_infer_path("mnist"), Content_Length=len(gz),
+                                       Content_Encoding="gzip") + gz)
+            out.append(_read_status(sock, 120))
+    except OSError as exc:  # the server may refuse and close before the body is sent
+        out.append((0, type(exc).__name__.encode()))
+
+
+def scenario_uploads(server, count: int = 40, size: int = 60 * MIB) -> bool:
+    gz = gzip.compress(b"\0" * size, 6)
+    baseline = server.rss_mib()
+    bystanders = Bystanders(server, seconds=20)
+    time.sleep(1)
+    answers: list = []
+    threads = [threading.Thread(target=_upload, args=(
+        server.http_port, "chunked" if i % 2 else "gzip", size, gz, answers))
+        for i in range(count)]
+    started = time.monotonic()
+    with PeakRss(server) as rss:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    took = time.monotonic() - started
+    seen = bystanders.result()
+    time.sleep(3)
+    after = server.rss_mib()
+    statuses = collections.Counter(status for status, _ in answers)
+    ok = (rss.peak < 1536 and not seen.failed()
+          and all(status in (400, 413, 429, 0) for status in statuses))
+    print(f"rest-uploads: {count} concurrent {size / MIB:.0f} MB uploads (half chunked, half "
+          f"gzip of {len(gz) / 1024:.0f} KiB) in {took:.1f} s: answers {dict(statuses)}; RSS "
+          f"baseline {baseline:.0f} MiB, peak {rss.peak:.0f}, 3 s later {after:.0f}; "
+          f"{seen.summary()} -> {verdict(ok)}")
+    return ok
+
+
+# ---- item 4: half-sent headers ---------------------------------------------------------------
+HEADER_TIMEOUT_S = 5
+
+
+def _half_head(port: int, size: int, out: list) -> None:
+    """A connection that sends ``size`` bytes of header lines (no end) and stops."""
+    line = b"X-Filler: " + b"v" * 8000 + b"\r\n"
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: abuse\r\n")
+        sent = 0
+        while sent < size:
+            sock.sendall(line)
+            sent += len(line)
+        out.append(sock)
+    except OSError:  # refused (431) and closed before all of it was sent
+        out.append(None)
+
+
+def _open_half_heads(port: int, count: int, size: int) -> list:
+    out: list = []
+    for start in range(0, count, 50):
+        threads = [threading.Thread(target=_half_head, args=(port, size, out))
+                   for _ in range(min(50, count - start))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return out
+
+
+def scenario_headers(server, count: int = 1000) -> bool:
+    passed = True
+    for label, size in (("1 MiB of header lines", MIB), ("56 KiB of header lines", 56 * 1024)):
+        baseline = server.rss_mib()
+        bystanders = Bystanders(server, seconds=8)
+        time.sleep(1)
+        started = time.monotonic()
+        with PeakRss(server) as rss:
+            held = _open_half_heads(server.http_port, count, size)
+            opened = time.monotonic() - started
+            answers = [_read_status(sock, 60) for sock in held if sock is not None]
+        closed_after = time.monotonic() - started
+        seen = bystanders.result()
+        for sock in held:
+            if sock is not None:
+                sock.close()
+        time.sleep(5)
+        after = server.rss_mib()
+        statuses = collections.Counter(status for status, _ in answers)
+        cut = held.count(None)
+        ok = (rss.peak - baseline < 300 and after - baseline < 100 and not seen.failed()
+              and set(statuses) <= {408, 431, 0})
+        passed &= ok
+        print(f"rest-headers: {count} connections send {label} and stop ({cut} cut off while "
+              f"sending, in {opened:.1f} s): answers {dict(statuses)} within "
+              f"{closed_after:.1f} s; RSS baseline {baseline:.0f} MiB, peak {rss.peak:.0f}, "
+              f"5 s after closing {after:.0f}; {seen.summary()} -> {verdict(ok)}")
+    return passed
+
+
+# ---- item 5: broken clients and the log ------------------------------------------------------
+def _broken_requests() -> dict[str, list[bytes]]:
+    infer = _infer_path("mnist")
+    gz = b"\x1f\x8b\x08\x00" + b"not gzip at all" * 10
+    return {
+        "mid-body disconnects": [_raw_head(infer, Content_Length=100_000) + b'{"inputs": [']
+                                 * 300,
+        "corrupt gzip": [_raw_head(infer, Content_Length=len(gz), Content_Encoding="gzip") + gz]
+                        * 300,
+        "corrupt deflate": [_raw_head(infer, Content_Length=20, Content_Encoding="deflate")
+                            + b"\x78\x9c" + b"z" * 18] * 150,
+        "malformed lines and NUL headers": [
+            b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+            b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+            b"GET /v2 HTTP/1.1\r\nBad Header: y\r\n\r\n",
+            b"POST " + infer.encode() + b" HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET /v2/%0A HTTP/1.1\r\nHost: x\r\n\r\n"] * 50,
+    }
+
+
+def _send_broken(port: int, raw: bytes, leave: bool) -> tuple[int, bytes]:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(raw)
+            if leave:
+                return 0, b""
+            return _read_status(sock, 30)
+    except OSError as exc:
+        return 0, type(exc).__name__.encode()
+
+
+def scenario_errors(server) -> bool:
+    passed = True
+    for label, raws in _broken_requests().items():
+        lines_before = len(server.lines)
+        bystanders = Bystanders(server, seconds=6)
+        time.sleep(1)
+        answers = [_send_broken(server.http_port, raw, label.startswith("mid-body"))
+                   for raw in raws]
+        seen = bystanders.result()
+        logged = [line for line in list(server.lines)[lines_before:]]
+        statuses = collections.Counter(status for status, _ in answers)
+        bad = [body for status, body in answers if status and not (
+            400 <= status < 500 and _is_json_error_start(body))]
+        ok = (not bad and not seen.failed() and len(logged) < 20
+              and not any("Traceback" in line for line in logged))
+        passed &= ok
+        print(f"rest-errors: {len(raws)} {label}: answers {dict(statuses)}, not our JSON 4xx: "
+              f"{len(bad)} {bad[:1]}; server log +{len(logged)} lines "
+              f"{[line[-90:] for line in logged[:1]]}; {seen.summary()} -> {verdict(ok)}")
+    return passed
+
+
+def _is_json_error_start(body: bytes) -> bool:
+    return body.startswith(b'{"error":')
+
+
+SCENARIOS = {"rest-decode": scenario_decode, "rest-idle-length": scenario_idle_length,
+             "rest-uploads": scenario_uploads, "rest-headers": scenario_headers,
+             "rest-errors": scenario_errors}
 # Extra server flags per scenario (after the defaults of tools.abuse).
-SERVER_ARGS: dict[str, list[str]] = {}
+SERVER_ARGS: dict[str, list[str]] = {
+    "rest-idle-length": ["--http-body-read-timeout-s", str(IDLE_BODY_TIMEOUT_S)],
+    "rest-headers": ["--http-header-read-timeout-s", str(HEADER_TIMEOUT_S)]}

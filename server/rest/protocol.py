@@ -22,6 +22,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
+from server.core.memory import LARGE_REQUEST_BYTES, HeapTrimmer
+
 log = logging.getLogger("server.http")
 
 MAX_LINE_BYTES = 8190  # the request line (method, URL, version): aiohttp's default
@@ -131,6 +133,8 @@ class Protocol(web.RequestHandler):
     def connection_lost(self, exc) -> None:
         self._cancel_head_timer()
         self._last_payload = None
+        if self._manager is not None and self._head_bytes:
+            self._manager.head_released(self._head_bytes)
         super().connection_lost(exc)
 
     # ---- errors aiohttp answers itself ---------------------------------------------------
@@ -160,6 +164,17 @@ class Server(web.Server):
         super().__init__(handler, **kwargs)
         self._header_timeout_s = header_timeout_s
         self.errors = RateLimitedLog()
+        # Unfinished heads are many small allocations that glibc keeps after they are
+        # freed (1,000 half-sent 56 KiB heads: +110 MiB that stayed): trim after them.
+        self._trimmer = HeapTrimmer(threshold_bytes=16 * 1024 * 1024)
+        self._released = 0
+
+    def head_released(self, nbytes: int) -> None:
+        """A connection closed holding ``nbytes`` of an unfinished head."""
+        self._released += nbytes
+        if self._released >= LARGE_REQUEST_BYTES:
+            self._trimmer.released(self._released)
+            self._released = 0
 
     def __call__(self) -> Protocol:
         return Protocol(self, loop=self._loop, header_timeout_s=self._header_timeout_s,
