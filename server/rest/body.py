@@ -39,10 +39,11 @@ _ENCODINGS = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _DEFLATE}
 
 
 class BodyError(Exception):
-    """A body refused while it was read: ``status`` with ``error``'s message.
-    ``close``: the rest of the body was not read, so the connection must close."""
+    """A body refused while it was read: ``status`` with ``error``'s message. What is
+    left of the body is read and dropped for a few seconds after the answer (aiohttp's
+    lingering close), so the client sees the answer; ``close``: close at once instead."""
 
-    def __init__(self, status: int, error: ServingError, close: bool = True):
+    def __init__(self, status: int, error: ServingError, close: bool = False):
         super().__init__(str(error))
         self.status, self.error, self.close = status, error, close
 
@@ -162,7 +163,7 @@ async def read_body(content, *, content_length: int | None, content_encoding: st
         admission.give(len(body))
         raise BodyError(408, DeadlineExceededError(
             f"the request body did not arrive within {timeout_s:g} s "
-            f"(--http-body-read-timeout-s); {len(body)} bytes came")) from None
+            f"(--http-body-read-timeout-s); {len(body)} bytes came"), close=True) from None
     except BaseException:
         admission.give(len(body))
         raise

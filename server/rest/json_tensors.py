@@ -25,16 +25,17 @@ def from_json(name, datatype, dtype, shape, count, data) -> np.ndarray:
         out = np.empty(count, dtype=dtype)
         for start in range(0, count, HEAVY_ELEMENTS):
             out[start:start + HEAVY_ELEMENTS] = _numbers(
-                name, datatype, dtype, data[start:start + HEAVY_ELEMENTS], None, shape)
+                name, datatype, dtype, data[start:start + HEAVY_ELEMENTS], None, shape, start)
         return out.reshape(shape)
     return _numbers(name, datatype, dtype, data, count, shape).reshape(shape)
 
 
-def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.ndarray:
+def _numbers(name, datatype, dtype, data: list, count: int | None, shape,
+             offset: int = 0) -> np.ndarray:
     """``data`` as a flat array of ``dtype``; ``count``: the elements expected (None:
-    a slice of a flat array whose length was checked). Values must be JSON numbers of
-    the datatype's kind (integers for integer types, no booleans) within its range:
-    no value is wrapped, rounded to infinity or taken from a boolean."""
+    a slice, from element ``offset``, of a flat array whose length was checked).
+    Values must be JSON numbers of the datatype's kind (integers for integer types, no
+    booleans) within its range: no value is wrapped, made infinite or read from a bool."""
     try:
         parsed = np.array(data, dtype=object if datatype == "BYTES" else None)
     except (ValueError, TypeError):
@@ -50,7 +51,7 @@ def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.
     flat = _flat(data)
     # numpy reads True as 1 and mixes int64 with uint64 as float64: types by value.
     if not set(map(type, flat)) <= _JSON_TYPES[kinds]:
-        raise _bad_value(name, datatype, dtype, flat, kinds)
+        raise _bad_value(name, datatype, dtype, flat, kinds, offset)
     if kinds == "b":
         return parsed.reshape(-1)
     if kinds == "iu":
@@ -59,10 +60,10 @@ def _numbers(name, datatype, dtype, data: list, count: int | None, shape) -> np.
         try:  # numpy refuses a Python int out of the type's range
             return np.array(flat, dtype=dtype)
         except OverflowError:
-            raise _bad_value(name, datatype, dtype, flat, kinds) from None
+            raise _bad_value(name, datatype, dtype, flat, kinds, offset) from None
     wide = parsed.astype(np.float64, copy=False)
     if np.abs(wide).max() > np.finfo(dtype).max:
-        raise _bad_value(name, datatype, dtype, flat, kinds)
+        raise _bad_value(name, datatype, dtype, flat, kinds, offset)
     return wide.astype(dtype).reshape(-1)
 
 
@@ -84,7 +85,8 @@ def _flat(data: list) -> list:
     return data
 
 
-def _bad_value(name: str, datatype: str, dtype, data: list, kinds: str) -> InvalidInputError:
+def _bad_value(name: str, datatype: str, dtype, data: list, kinds: str,
+               offset: int = 0) -> InvalidInputError:
     """The error quoting the first value of ``data`` that ``datatype`` cannot hold."""
     expected = ("true or false" if kinds == "b" else "an integer" if kinds == "iu"
                 else "a number")
@@ -105,8 +107,8 @@ def _bad_value(name: str, datatype: str, dtype, data: list, kinds: str) -> Inval
             what = f"is outside {datatype}'s range [{shown}]"
         else:
             continue
-        return InvalidInputError(f"input {name!r}: {datatype} 'data' value {index} "
-                                 f"({value!r:.60}) {what}")
+        return InvalidInputError(f"input {name!r}: {datatype} 'data' value "
+                                 f"{offset + index} ({value!r:.60}) {what}")
     return InvalidInputError(f"input {name!r}: {datatype} 'data' must hold JSON "
                              f"{'booleans' if kinds == 'b' else 'numbers'}")
 

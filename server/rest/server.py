@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.core.admission import ByteBudget
-from server.core.errors import StartupError
+from server.core.errors import InvalidInputError, StartupError
 from server.kserve.status import short_details
 from server.rest import protocol
 from server.rest.api import Request, RestApi
-from server.rest.body import BodyAdmission, BodyError, ClientGone, read_body
+from server.rest.body import BodyAdmission, BodyError, ClientGone, read_body, too_large
 
 log = logging.getLogger("server.http")
 
@@ -87,7 +87,7 @@ class RestServer:
             self._server.errors.note(f"client left mid-body: {exc}")
             return protocol.json_error(400, "the request body ended early", close=True)
         except BodyError as exc:
-            if exc.status != 413 or exc.close:
+            if exc.status in (400, 408):  # broken or stalled clients; not plain refusals
                 self._server.errors.note(f"{exc.status}: {exc}")
             self._api.dataplane.refused(exc.error, "http")
             return protocol.json_error(exc.status, short_details(str(exc.error)),
@@ -98,6 +98,7 @@ class RestServer:
 
         body, held = b"", 0
         if request.body_exists:
+            await self._continue(request)
             body, held = await read_body(
                 request.content, content_length=request.content_length,
                 content_encoding=request.headers.get("Content-Encoding"), limit=self._limit,
@@ -110,6 +111,20 @@ class RestServer:
             self._admission.give(held)
         return web.Response(status=reply.status, body=reply.body,
                             headers={"Content-Type": reply.content_type, **reply.headers})
+
+    async def _continue(self, request) -> None:
+        """``Expect: 100-continue`` (curl sends it for large bodies and waits a second
+        for it): refuse an announced body over the limit first, else invite it."""
+        expect = request.headers.get("Expect")
+        if expect is None or request.version < (1, 1):
+            return
+        if expect.lower() != "100-continue":
+            raise BodyError(417, InvalidInputError(
+                f"Expect: {expect[:60]!r} is not supported (only 100-continue)"))
+        if request.content_length is not None and request.content_length > self._limit:
+            raise too_large(self._limit)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer proper has not started
 
     async def stop(self) -> None:
         """Close the port and idle connections; handlers still running may finish."""

@@ -240,3 +240,19 @@ def test_clients_leaving_mid_body_cost_one_log_line_and_no_traceback(limited):
     assert "Traceback" not in log and "Error handling request" not in log
     assert log.count("malformed or broken request") <= 2
     assert limited.proc.poll() is None
+
+
+def test_expect_100_continue_invites_the_body_or_refuses_it_first(limited):
+    body = json.dumps(image_infer_body(np.zeros((1, 28, 28, 1)))).encode()
+    with socket.create_connection(("127.0.0.1", limited.http_port)) as sock:
+        sock.sendall(_head(Content_Length=len(body), Expect="100-continue"))
+        sock.settimeout(60)
+        assert sock.recv(25).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert _answer(sock)[0] == 200
+    with socket.create_connection(("127.0.0.1", limited.http_port)) as sock:
+        sock.sendall(_head(Content_Length=LIMIT + 1, Expect="100-continue"))
+        status, message = _json_error(_answer(sock))
+    assert status == 413 and "--max-message-bytes" in message
+    status, _, data = call(limited.http_port, "HEAD", "/v2/health/live")
+    assert (status, data) == (200, b"")
