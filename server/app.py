@@ -47,6 +47,7 @@ class RunningServer:
     # The native gRPC face (server.native) on the public port; ``grpc`` then listens on
     # its private fallback socket only. None when grpcio serves the public port.
     native: object = None
+    sync: object = None  # server.cluster.sync.WorkerSync, with peers
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -72,12 +73,13 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
                                  drift=drift)
     lifecycle = Lifecycle()
     peers = workers.peers(config)
-    coordinator = None if peers is None else Coordinator(repository, peers)
+    sync = None if peers is None else workers.worker_sync(config, repository)
+    coordinator = None if peers is None else Coordinator(repository, peers, sync)
     dataplane = DataPlane(repository, lifecycle, model_control_mode=config.model_control_mode,
                           repository_api_key=config.repository_api_key,
                           access_log_enabled=config.access_log, observer=observer,
                           cluster=coordinator)
-    servicer = (InferenceServicer if peers is None else PeerServicer)(dataplane)
+    servicer = InferenceServicer(dataplane) if peers is None else PeerServicer(dataplane, sync)
     budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
     native = None
     if grpc_frontend(config) == "native":
@@ -93,6 +95,7 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
         workers.add_private_port(port, config)
     running = RunningServer(config, repository, lifecycle, dataplane, port, asyncio.Event(),
                             budget, peers, native)
+    running.sync = sync
     await port.set_serving(False)
     repository.on_change.append(running.sync_health)  # load/unload RPCs and polls
     return running
@@ -108,17 +111,18 @@ async def start(running: RunningServer) -> None:
     config = running.config
     if running.peers is None:
         await _listen(running)
-    restored = await workers.models_of_a_ready_peer(running)
-    if restored is not None:  # a restarted worker: serve what the others serve
-        names = restored
-    elif config.model_control_mode == "explicit" and config.startup_models:
+    if config.model_control_mode == "explicit" and config.startup_models:
         names = list(config.startup_models)
     elif config.model_control_mode == "explicit":
         names = []
     else:
         names = running.repository.discover()
-    # A model that fails is logged and recorded; the others serve regardless.
-    await running.repository.load_startup(names)
+    # A model that fails is logged and recorded; the others serve regardless. A worker
+    # joining running workers loads what they serve instead (server.cluster.sync).
+    if running.sync is not None:
+        await running.sync.join(names)
+    else:
+        await running.repository.load_startup(names)
     if running.peers is not None:
         await _listen(running)
     running.lifecycle.accepting = True
@@ -207,8 +211,8 @@ async def serve(config: ServerConfig) -> None:
     if config.model_control_mode == "poll" and config.worker_index <= 0:
         # With workers only worker 0 scans, and loads/unloads on every worker.
         pollers.append(loop.create_task(_poll_forever(running)))
-    if running.peers is not None:  # health follows the peers' readiness too
-        pollers.append(loop.create_task(workers.refresh_health_forever(running)))
+    if running.peers is not None:  # health follows the peers; heartbeat; repairs
+        pollers += [loop.create_task(job) for job in workers.background(running)]
     await running.stop_event.wait()
     for poller in pollers:
         poller.cancel()

@@ -85,6 +85,9 @@ class ServerConfig:
     # Serving processes: 1 = this process serves (no supervisor); N >= 2 = a supervisor
     # (server/cluster/supervisor.py) runs N workers on one SO_REUSEPORT port; 0 = one per CPU.
     workers: int = 1
+    # A worker whose event loop has not beaten its heartbeat for this long is reported
+    # (log, /metrics, readiness) and replaced (SIGKILL, restart); 0 = never.
+    worker_hang_timeout_s: float = 30.0
     # Set by the supervisor on the command line of each worker it spawns (hidden flags):
     # its index, the private runtime folder (peer sockets, ports, ready marks), and N.
     worker_index: int = -1
@@ -147,6 +150,9 @@ class ServerConfig:
             raise ValueError(f"drift_window_s must be > 0, got {self.drift_window_s!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers!r}")
+        if self.worker_hang_timeout_s < 0:
+            raise ValueError("worker_hang_timeout_s must be >= 0 (0 = never), got "
+                             f"{self.worker_hang_timeout_s!r}")
         if self.worker_index >= 0 and (self.worker_dir is None or self.worker_count < 2):
             raise ValueError("--worker-index is set by the supervisor only (with --worker-dir "
                              f"and --worker-count >= 2), got index {self.worker_index!r}")
@@ -221,6 +227,8 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("repository_api_key", str, "'header:secret' that repository load/unload callers must send"),
     ("workers", int, "serving processes on the one gRPC port: 1 = this process, N >= 2 = a "
      "supervisor and N workers (SO_REUSEPORT), 0 = one per CPU"),
+    ("worker_hang_timeout_s", float, "seconds a worker may stop answering before the "
+     "supervisor kills and restarts it (0 = never)"),
 )
 # Set by the supervisor for the workers it spawns; not shown in --help, no environment.
 _HIDDEN: tuple[tuple[str, object], ...] = (

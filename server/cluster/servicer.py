@@ -1,28 +1,37 @@
 """GRPCInferenceService of one worker among several: the peers' private calls.
 
 A call from a peer (``x-onnxserve-local: 1`` on the private unix socket, see
-server.cluster.peers) is answered from this worker's own state: readiness, statistics
-and the phases of a cluster-wide load or unload. Every other call is the public one,
+server.cluster.peers) is answered from this worker's own state: readiness, statistics,
+the phases of a cluster-wide load or unload, and the consistency check after one
+(``RepositoryIndex`` with phase ``sync``). Every other call is the public one,
 answered through the dataplane (which fans out through the Coordinator).
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from server.cluster.coordinator import PREPARED_TTL_S
+from server.cluster.coordinator import plan_of
 from server.cluster.peers import local_phase, token_of
-from server.core.errors import InvalidInputError, RepositoryError, ServingError
-from server.core.repository import PreparedLoad
+from server.cluster.sync import PREPARED_TTL_S, WorkerSync
+from server.core.errors import (InvalidInputError, ModelNotReadyError, RepositoryError,
+                                ServingError)
 from server.grpc.servicer import InferenceServicer
 from server.protocol import grpc_service_pb2 as pb
 
 
 class PeerServicer(InferenceServicer):
-    def __init__(self, dataplane):
+    def __init__(self, dataplane, sync: WorkerSync):
         super().__init__(dataplane)
         self._repo = dataplane.repository
-        self._prepared: dict[str, PreparedLoad] = {}
+        self._sync = sync
+        self._prepared = sync.prepared  # token -> prepared load (sync aborts orphans)
+
+    async def RepositoryIndex(self, request, context):
+        if local_phase(context) != "sync":
+            return await super().RepositoryIndex(request, context)
+        problem = await self._sync.reconcile()  # the coordinator holds the cluster lock
+        if problem:
+            return await self._fail(context, ModelNotReadyError(problem))
+        return pb.RepositoryIndexResponse()
 
     async def ServerReady(self, request, context):
         if local_phase(context) is None:
@@ -42,7 +51,7 @@ class PeerServicer(InferenceServicer):
         if phase is None:
             return await super().RepositoryModelLoad(request, context)
         try:
-            await self._load_phase(phase, request.model_name, token_of(context))
+            await self._load_phase(phase, request, token_of(context))
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -60,12 +69,14 @@ class PeerServicer(InferenceServicer):
             return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _load_phase(self, phase: str, name: str, token: str) -> None:
+    async def _load_phase(self, phase: str, request, token: str) -> None:
+        name = request.model_name
         if phase == "prepare":
-            handle = await self._repo.prepare(name, PREPARED_TTL_S)
-            self._prepared[token] = handle
-            asyncio.get_running_loop().call_later(PREPARED_TTL_S + 1, self._prepared.pop,
-                                                  token, None)
+            try:
+                plan = plan_of(request)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InvalidInputError(f"model {name!r}: unreadable load plan: {exc}") from None
+            self._prepared[token] = await self._repo.prepare(name, PREPARED_TTL_S, plan=plan)
         elif phase == "commit":
             handle = self._prepared.pop(token, None)
             if handle is None:

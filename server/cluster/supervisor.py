@@ -9,11 +9,16 @@ them. The supervisor imports neither gRPC nor ONNX Runtime; it
 - reserves the public port (bound, never listening: it gets no connections) so that
   port 0 resolves to one port for every worker and a taken port fails at once;
 - runs the workers, and restarts one that dies (backing off if it keeps dying);
+- replaces a worker that hangs: each worker's event loop touches ``worker-<i>.alive``
+  every second; one whose file is older than LATE_S is reported (log,
+  ``onnxserve_workers_unresponsive``, ``onnxserve_server_ready`` 0), and one older
+  than ``--worker-hang-timeout-s`` is killed (SIGKILL) and restarted;
 - forwards SIGTERM/SIGINT to every worker (each drains as a lone server does) and
   exits 0 once all exited cleanly;
 - serves the one public /metrics: every worker's private /metrics, summed
-  (server.cluster.metrics_merge), with its own ``onnxserve_workers`` and
-  ``onnxserve_worker_restarts_total``.
+  (server.cluster.metrics_merge), whose counters never go back when a worker dies or
+  hangs, with its own ``onnxserve_workers``, ``onnxserve_workers_unresponsive``,
+  ``onnxserve_worker_restarts_total`` and ``onnxserve_worker_hangs_total``.
 
 The workers keep the rest one server among themselves (server.cluster.worker):
 statistics, readiness and model load/unload fan out over private unix sockets.
@@ -43,6 +48,9 @@ POLL_S = 0.05
 # off (0.5 s doubling to 30 s) instead of spinning.
 CRASH_WINDOW_S = 10.0
 MAX_BACKOFF_S = 30.0
+# A worker's heartbeat (server.cluster.worker.heartbeat_forever) older than this is
+# reported as unresponsive (at most the hang timeout).
+LATE_S = 5.0
 
 
 @dataclass
@@ -53,6 +61,12 @@ class Worker:
     crashes: int = 0  # consecutive quick deaths
     respawn_at: float | None = None
     exit_code: int | None = None
+    late_since: float | None = None  # heartbeat stale since (wall clock), None = beating
+
+    @property
+    def pid(self) -> int | None:
+        proc = self.proc  # read once: the metrics thread asks while the loop replaces it
+        return proc.pid if proc is not None else None
 
 
 def threads_per_worker(config: ServerConfig, count: int) -> int:
@@ -123,6 +137,7 @@ class Supervisor:
         self.count = count
         self.workers = [Worker(i) for i in range(count)]
         self.restarts = 0
+        self.hangs = 0
         self.stopping = False
         self.announced = False
         remove_stale_folders(Path(tempfile.gettempdir()))
@@ -194,6 +209,7 @@ class Supervisor:
             return
         code = worker.proc.poll()
         if code is None:
+            self._check_heartbeat(worker)
             return
         worker.proc, worker.exit_code = None, code
         self._forget_files(worker.index)
@@ -207,10 +223,46 @@ class Supervisor:
         worker.respawn_at = now + delay
         log.error("worker %d exited unexpectedly (code %s); restarting it%s", worker.index,
                   code, f" in {delay:.1f} s" if delay else "")
+        worker.late_since = None
         if not self.announced and worker.crashes >= 3:
             # Crashing at start-up, again and again: give up rather than spin forever.
             log.error("worker %d keeps failing at start-up; stopping the server", worker.index)
             self._on_signal(signal.SIGTERM, None)
+
+    def _check_heartbeat(self, worker: Worker) -> None:
+        timeout = self.config.worker_hang_timeout_s
+        if not timeout or self.stopping:
+            return
+        try:
+            age = time.time() - (self.folder / f"worker-{worker.index}.alive").stat().st_mtime
+        except OSError:  # not beating yet: still importing or loading its models
+            return
+        if age < min(LATE_S, timeout):
+            if worker.late_since is not None:
+                log.warning("worker %d answers again after %.1f s", worker.index,
+                            time.time() - worker.late_since)
+                worker.late_since = None
+            return
+        if worker.late_since is None:
+            worker.late_since = time.time() - age
+            log.warning("worker %d (pid %d) has not answered for %.1f s: reported not "
+                        "ready; it is replaced after %.0f s (--worker-hang-timeout-s)",
+                        worker.index, worker.pid, age, timeout)
+        if age >= timeout:
+            self.hangs += 1
+            log.error("worker %d (pid %d) has not answered for %.1f s (--worker-hang-"
+                      "timeout-s %.0f): killing it; a new one takes over", worker.index,
+                      worker.pid, age, timeout)
+            worker.proc.kill()  # SIGKILL ends a stopped (SIGSTOP) process too
+            worker.proc.wait()
+            self.restarts += 1
+            worker.proc, worker.exit_code = None, -signal.SIGKILL
+            worker.late_since = None
+            self._forget_files(worker.index)
+            worker.crashes, worker.respawn_at = 0, time.monotonic()
+
+    def unresponsive(self) -> int:
+        return sum(1 for w in self.workers if w.proc is not None and w.late_since is not None)
 
     def _spawn(self, worker: Worker) -> None:
         self._forget_files(worker.index)
@@ -230,7 +282,7 @@ class Supervisor:
                  self.folder)
 
     def _forget_files(self, index: int) -> None:
-        for suffix in ("started", "metrics"):
+        for suffix in ("started", "metrics", "alive"):
             (self.folder / f"worker-{index}.{suffix}").unlink(missing_ok=True)
 
     def _announce_when_started(self) -> None:
@@ -265,15 +317,19 @@ class Supervisor:
         log.info("metrics listening on http://%s:%d/metrics", self.config.metrics_host,
                  self._metrics.server_address[1])
 
-    def metrics_ports(self) -> list[int]:
-        """The private /metrics port of every live worker that has published one."""
-        ports = []
+    def scrape_targets(self) -> list[tuple[int, int | None, int | None]]:
+        """(index, pid, private /metrics port) of every worker; port None for one that
+        is not running, has not published its port yet, or is unresponsive."""
+        targets = []
         for worker in self.workers:
-            try:
-                ports.append(int((self.folder / f"worker-{worker.index}.metrics").read_text()))
-            except (OSError, ValueError):
-                continue
-        return ports
+            port = None
+            if worker.proc is not None and worker.late_since is None:
+                try:
+                    port = int((self.folder / f"worker-{worker.index}.metrics").read_text())
+                except (OSError, ValueError):
+                    pass
+            targets.append((worker.index, worker.pid, port))
+        return targets
 
     def live_workers(self) -> int:
         return sum(1 for w in self.workers if w.proc is not None and w.proc.poll() is None)

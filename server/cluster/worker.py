@@ -7,7 +7,11 @@ worker keeps:
 - ``worker-<i>.sock``: its gRPC services for the peers (server.cluster.peers);
 - ``worker-<i>.metrics``: the port of its private /metrics (the supervisor sums them);
 - ``worker-<i>.started``: written once its start-up loads are done: "ready", or
-  "not ready: <reasons>" (the supervisor logs "server ready" once every worker's is).
+  "not ready: <reasons>" (the supervisor logs "server ready" once every worker's is);
+- ``worker-<i>.alive``: touched every HEARTBEAT_S by its event loop (the supervisor
+  replaces a worker that stops: ``--worker-hang-timeout-s``).
+
+and all share ``control.lock`` and ``cluster-state.json`` (server.cluster.state).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ from pathlib import Path
 
 
 from server.config import ServerConfig
-from server.protocol import grpc_service_pb2 as pb
 from server.cluster.peers import Peers, socket_path
+from server.cluster.sync import WorkerSync
 
 log = logging.getLogger("server.workers")
 
 HEALTH_REFRESH_S = 1.0
-RESTORE_TIMEOUT_S = 5.0
+HEARTBEAT_S = 1.0
 
 
 def peers(config: ServerConfig) -> Peers | None:
@@ -64,25 +68,30 @@ def report_started(running, ready: bool) -> None:
         log.warning("worker %d started but not ready: %s", config.worker_index, reasons)
 
 
-async def models_of_a_ready_peer(running) -> list[str] | None:
-    """In explicit mode, the models a ready peer serves (a restarted worker joins in
-    the state the others are in); None when no peer is ready (a first start)."""
-    if running.peers is None or running.config.model_control_mode != "explicit":
-        return None
-    answers = await running.peers.call("ServerReady", pb.ServerReadyRequest(),
-                                       timeout_s=RESTORE_TIMEOUT_S)
-    for index, answer in sorted(answers.items()):
-        if not (isinstance(answer, pb.ServerReadyResponse) and answer.ready):
-            continue
-        found = await running.peers.call("RepositoryIndex", pb.RepositoryIndexRequest(
-            ready=True), timeout_s=RESTORE_TIMEOUT_S)
-        index_reply = found.get(index)
-        if isinstance(index_reply, pb.RepositoryIndexResponse):
-            names = sorted({m.name for m in index_reply.models if m.state == "READY"})
-            log.info("worker %d: loading what worker %d serves: %s",
-                     running.config.worker_index, index, names or "nothing")
-            return names
-    return None
+def worker_sync(config: ServerConfig, repository) -> WorkerSync:
+    return WorkerSync(repository, Path(config.worker_dir), config.worker_index)
+
+
+def heartbeat_path(worker_dir: Path, index: int) -> Path:
+    return Path(worker_dir) / f"worker-{index}.alive"
+
+
+async def heartbeat_forever(config: ServerConfig) -> None:
+    """Touch ``worker-<i>.alive`` from the event loop every HEARTBEAT_S: the supervisor
+    replaces a worker whose file goes stale (hung, stopped, its loop blocked)."""
+    path = heartbeat_path(config.worker_dir, config.worker_index)
+    while True:
+        try:
+            path.touch()
+        except OSError as exc:  # the folder is gone: the supervisor is stopping
+            log.debug("heartbeat: %s", exc)
+        await asyncio.sleep(HEARTBEAT_S)
+
+
+def background(running) -> list:
+    """The coroutines a worker runs while it serves."""
+    return [refresh_health_forever(running), heartbeat_forever(running.config),
+            running.sync.watch_forever()]
 
 
 async def refresh_health_forever(running) -> None:

@@ -18,8 +18,10 @@ from server.core.errors import (ModelLoadError, ModelNotFoundError, ModelNotRead
                            RepositoryError, ServingError)
 from server.core.drift_window import DriftService
 from server.core.model import ModelVersion
+from server.core.rollout import ShadowRunner, attach_rollout
 from server.core.folders import ModelFolders
-from server.core.model_config import CONFIG_FILE, read_model_config
+from server.core.model_config import CONFIG_FILE
+from server.core.plans import LoadPlan, check_plan_files, plan_from_disk
 from server.core.runtime import RuntimeOptions, error_summary
 
 log = logging.getLogger("server.core.repository")
@@ -41,6 +43,8 @@ class ModelEntry:
     # Counts for readiness (ModelRepository.all_ready): loaded once, or named at start-up.
     # A load that fails at run time does not set it; unload clears it.
     wanted: bool = False
+    plan: LoadPlan | None = None  # what the serving versions were loaded from
+    rollout: object = None  # server.core.rollout.Rollout: canary and shadow versions
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ModelRepository:
                  require_models: bool = True, drift: DriftService | None = None):
         self.folders = ModelFolders(root)
         self.drift = drift  # None: no drift monitoring
+        self.shadows = ShadowRunner()  # runs sampled batches on shadow versions (rollout)
         self.root = self.folders.root
         # Ready needs at least one model unless the operator loads models explicitly.
         self._require_models = require_models
@@ -67,6 +72,9 @@ class ModelRepository:
         # Coroutine functions awaited after every load or unload, failed ones included,
         # before the call returns: the server's health status follows readiness this way.
         self.on_change: list = []
+        # Callables -> a reason this process must not report ready, or None (workers:
+        # a worker that does not serve what the others serve).
+        self.conditions: list = []
 
     def discover(self) -> list[str]:
         """Model names: folders of the repository that hold a config.pbtxt."""
@@ -83,24 +91,26 @@ class ModelRepository:
         entry = self._entries.setdefault(name, ModelEntry(name))
         try:
             async with entry.lock:
-                self._commit_entry(entry, await self._prepare_entry(entry, path))
+                self._commit_entry(entry, *await self._prepare_entry(entry, path))
         finally:
             await self._changed()
 
     # Two-phase load, for worker processes that must all switch or none (supervisor):
     # prepare builds and warms the new versions aside; commit swaps them in; abort
     # closes them. A prepared load nobody commits is aborted after ``timeout_s``, so a
-    # coordinator that died leaks no session.
-    async def prepare(self, name: str, timeout_s: float = 120.0) -> "PreparedLoad":
+    # coordinator that died leaks no session. With ``plan`` (server.core.plans) it loads
+    # exactly that config and those versions instead of what the files say now.
+    async def prepare(self, name: str, timeout_s: float = 120.0,
+                      plan: LoadPlan | None = None) -> "PreparedLoad":
         path = self._existing_model_dir(name)
         entry = self._entries.setdefault(name, ModelEntry(name))
         try:
             async with entry.lock:
-                versions = await self._prepare_entry(entry, path)
+                versions, plan = await self._prepare_entry(entry, path, plan)
         except BaseException:
             await self._changed()  # a failure is recorded: readiness may follow it
             raise
-        handle = PreparedLoad(entry, versions)
+        handle = PreparedLoad(entry, versions, plan)
         handle.timer = asyncio.get_running_loop().call_later(timeout_s, self.abort, handle)
         return handle
 
@@ -112,7 +122,7 @@ class ModelRepository:
         versions, handle.versions = handle.versions, None
         try:
             async with handle.entry.lock:
-                self._commit_entry(handle.entry, versions)
+                self._commit_entry(handle.entry, versions, handle.plan)
         finally:
             await self._changed()
 
@@ -126,16 +136,20 @@ class ModelRepository:
             entry.state, entry.reason = UNAVAILABLE, "the load was aborted"
         self._retire(versions.values())
 
-    async def _prepare_entry(self, entry: ModelEntry, path: Path) -> dict[int, ModelVersion]:
+    async def _prepare_entry(self, entry: ModelEntry, path: Path, plan: LoadPlan | None = None
+                             ) -> tuple[dict[int, ModelVersion], LoadPlan]:
         name = entry.name
         started = time.monotonic()
-        # Taken before reading the files: a change during the load is seen next poll.
-        fingerprint = self.folders.fingerprint(name)
-        entry.fingerprint = fingerprint
+        if plan is None or plan.fingerprint:
+            # Taken before reading the files: a change during the load is seen next poll.
+            entry.fingerprint = plan.fingerprint if plan else self.folders.fingerprint(name)
         if not entry.versions:
             entry.state, entry.reason = LOADING, "loading"
         try:
-            return await self._load_versions(name, path)
+            if plan is None:
+                plan = await asyncio.get_running_loop().run_in_executor(
+                    None, plan_from_disk, name, path, self.folders.inside, entry.fingerprint)
+            return await self._load_versions(name, path, plan), plan
         except asyncio.CancelledError:
             if not entry.versions:  # never left LOADING behind
                 entry.state, entry.reason = UNAVAILABLE, "the load was cancelled"
@@ -147,10 +161,13 @@ class ModelRepository:
                 raise
             raise error from None
 
-    def _commit_entry(self, entry: ModelEntry, new_versions: dict[int, ModelVersion]) -> None:
+    def _commit_entry(self, entry: ModelEntry, new_versions: dict[int, ModelVersion],
+                      plan: LoadPlan) -> None:
         name = entry.name
         old = entry.versions
         entry.versions = new_versions  # the atomic switch
+        entry.rollout = next(iter(new_versions.values())).rollout if new_versions else None
+        entry.plan = plan
         entry.state, entry.reason = READY, ""
         entry.wanted = True
         for version in new_versions.values():
@@ -210,22 +227,35 @@ class ModelRepository:
         for hook in self.on_change:
             await hook()
 
-    async def _load_versions(self, name: str, path: Path) -> dict[int, ModelVersion]:
-        loop = asyncio.get_running_loop()
-        spec = await loop.run_in_executor(None, read_model_config, path)
-        available = [int(c.name) for c in path.iterdir()
-                     if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()
-                     and self.folders.inside(name, c / spec.model_filename)]
-        chosen = spec.version_policy.select(available)
-        if not chosen:
-            raise ModelLoadError(f"model {name!r}: no version folder with "
-                                 f"{spec.model_filename} matches version policy "
-                                 f"{spec.version_policy.kind} (found versions "
-                                 f"{sorted(available)})")
+    async def plan(self, name: str) -> LoadPlan:
+        """What a load of ``name`` would serve now (a failure is recorded like a load's)."""
+        path = self._existing_model_dir(name)
+        entry = self._entries.setdefault(name, ModelEntry(name))
+        started = time.monotonic()
+        fingerprint = self.folders.fingerprint(name)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                None, plan_from_disk, name, path, self.folders.inside, fingerprint)
+        except ServingError as exc:
+            entry.fingerprint = fingerprint  # a poll retries only once the files change
+            self._record_failure(entry, exc, time.monotonic() - started)
+            await self._changed()
+            raise
+
+    def served_plans(self) -> dict[str, LoadPlan]:
+        """The plan of every model that serves here."""
+        return {name: e.plan for name, e in self._entries.items()
+                if e.versions and e.plan is not None}
+
+    async def _load_versions(self, name: str, path: Path,
+                             plan: LoadPlan) -> dict[int, ModelVersion]:
+        spec = await asyncio.get_running_loop().run_in_executor(
+            None, check_plan_files, name, path, plan, self.folders.inside)
         loaded: dict[int, ModelVersion] = {}
         try:
-            for number in chosen:
+            for number in plan.versions:
                 loaded[number] = await self._load_version(spec, number, path)
+            attach_rollout(spec, loaded, self.shadows, f"model {name!r}")
         except BaseException:
             self._retire(loaded.values())
             raise
@@ -299,6 +329,7 @@ class ModelRepository:
             await asyncio.gather(*self._retired, return_exceptions=True)
         if self.drift is not None:
             self.drift.stop()
+        self.shadows.stop()
 
     async def poll(self, load=None, unload=None) -> None:
         """One repository scan: load new or changed models, unload removed ones.
@@ -336,8 +367,9 @@ class ModelRepository:
                                      "the models served")
         if not entry.versions:
             raise ModelNotReadyError(f"model {name!r} is not ready: {entry.reason}")
-        if not version:
-            return entry.versions[max(entry.versions)]
+        if not version:  # the newest, unless a canary or shadow rollout says otherwise
+            rollout = entry.rollout
+            return rollout.pick(entry.versions) if rollout else entry.versions[max(entry.versions)]
         try:
             return entry.versions[int(version)]
         except (ValueError, KeyError):
@@ -362,13 +394,14 @@ class ModelRepository:
         wanted = [e for e in self._entries.values() if e.wanted]
         if self._require_models and not wanted:
             return False
-        return all(e.versions for e in wanted)
+        return all(e.versions for e in wanted) and not any(c() for c in self.conditions)
 
     def not_ready_reasons(self) -> list[str]:
         wanted = [e for e in self._entries.values() if e.wanted]
         if self._require_models and not wanted:
             return [f"the repository {self.root} holds no model folder with a config.pbtxt"]
-        return [f"{e.name}: {e.reason}" for e in wanted if not e.versions]
+        return ([f"{e.name}: {e.reason}" for e in wanted if not e.versions]
+                + [reason for reason in (c() for c in self.conditions) if reason])
 
     def index(self, ready_only: bool = False, scan: bool = True) -> list[IndexRow]:
         """One row per version served, or per model not serving. ``scan=False`` lists
@@ -399,8 +432,9 @@ class ModelRepository:
 class PreparedLoad:
     """New versions of one model built and warmed aside, waiting for commit or abort."""
 
-    def __init__(self, entry: ModelEntry, versions: dict[int, ModelVersion]):
+    def __init__(self, entry: ModelEntry, versions: dict[int, ModelVersion], plan: LoadPlan):
         self.entry = entry
+        self.plan = plan
         self.versions: dict[int, ModelVersion] | None = versions
         self.timer: asyncio.TimerHandle | None = None
 

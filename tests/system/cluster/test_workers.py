@@ -8,58 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import threading
-import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.support.loadkit import copy_mnist, metric, mnist_request, scrape, wait_until
-
-LOCAL = (("x-onnxserve-local", "1"),)
-_STARTED_RE = re.compile(r"worker (\d+) started \(pid (\d+), folder (\S+)\)")
-
-
-def _workers(proc: ServerProcess) -> dict[int, tuple[int, Path]]:
-    """The latest pid and folder of each worker index, from the supervisor's log."""
-    found = {}
-    for line in list(proc.lines):
-        if m := _STARTED_RE.search(line):
-            found[int(m.group(1))] = (int(m.group(2)), Path(m.group(3)))
-    return found
-
-
-def _local_stub(proc: ServerProcess, index: int):
-    folder = _workers(proc)[index][1]
-    channel = grpc.insecure_channel(f"unix:{folder}/worker-{index}.sock")
-    return channel, pb_grpc.GRPCInferenceServiceStub(channel)
-
-
-def _image(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((1, 28, 28, 1), dtype=np.float32)
-
-
-def _count(stub, name: str = "mnist", metadata=()) -> int:
-    reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=name), metadata=metadata,
-                                 timeout=30)
-    return sum(s.inference_count for s in reply.model_stats)
-
-
-def _ready_locally(proc: ServerProcess, index: int) -> bool:
-    try:
-        channel, stub = _local_stub(proc, index)
-        with channel:
-            return stub.ServerReady(pb.ServerReadyRequest(), metadata=LOCAL, timeout=5).ready
-    except (grpc.RpcError, KeyError):
-        return False
-
+from tests.system.cluster.workerkit import (LOCAL, _count, _image, _local_stub,
+                                            _ready_locally, _workers)
 
 async def _spread_load(address: str, channels: int, per_channel: int) -> list:
     """Calls over ``channels`` distinct connections (SO_REUSEPORT spreads connections)."""

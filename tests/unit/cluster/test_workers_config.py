@@ -36,3 +36,14 @@ def test_ort_threads_are_shared_out(models_dir):
                          environ={})
     assert threads_per_worker(config, 2) == 2
     assert threads_per_worker(config, 8) == 1
+
+
+def test_worker_hang_timeout_flag(models_dir):
+    base = ["--model-repository", str(models_dir)]
+    assert load_config(base, environ={}).worker_hang_timeout_s == 30.0
+    assert load_config(base + ["--worker-hang-timeout-s", "0"],
+                       environ={}).worker_hang_timeout_s == 0.0
+    assert load_config(base, environ={"SERVE_WORKER_HANG_TIMEOUT_S": "2.5"}
+                       ).worker_hang_timeout_s == 2.5
+    with pytest.raises(ValueError, match="-1"):
+        load_config(base + ["--worker-hang-timeout-s", "-1"], environ={})

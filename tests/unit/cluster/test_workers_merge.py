@@ -97,3 +97,88 @@ def test_merged_metrics_render_as_prometheus_text():
                for s in f.samples if s.name in ("onnxserve_inferences_total",
                                                 "onnxserve_server_ready")}
     assert samples == {"onnxserve_inferences_total": 3, "onnxserve_server_ready": 1}
+
+
+class _FakeSupervisor:
+    """What the /metrics collector reads from a supervisor: scrape targets and counts."""
+
+    def __init__(self, servers):
+        self.targets = []  # (index, pid, port)
+        self.servers = servers
+        self.restarts = self.hangs = 0
+
+    def scrape_targets(self):
+        return list(self.targets)
+
+    def live_workers(self):
+        return sum(1 for _, pid, _ in self.targets if pid is not None)
+
+    def unresponsive(self):
+        return 0
+
+
+def _serve_texts():
+    """Two tiny HTTP servers whose /metrics text the test sets (the workers)."""
+    import http.server
+    import threading
+
+    texts = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = texts[self.server.server_address[1]].encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    return servers, texts
+
+
+def _collect(collector) -> dict:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in collector.collect() for s in f.samples}
+
+
+def test_summed_counters_never_go_back_when_a_worker_hangs_dies_or_restarts():
+    from server.cluster.metrics_merge import _WorkersCollector
+
+    servers, texts = _serve_texts()
+    ports = [s.server_address[1] for s in servers]
+    supervisor = _FakeSupervisor(servers)
+    collector = _WorkersCollector(supervisor)
+    total = ("onnxserve_inferences_total", (("model", "mnist"), ("version", "1")))
+    bucket = ("onnxserve_batch_size_bucket",
+              (("le", "+Inf"), ("model", "mnist"), ("version", "1")))
+    queue = ("onnxserve_queue_depth", (("model", "mnist"), ("version", "1")))
+    ready = ("onnxserve_server_ready", ())
+    try:
+        texts[ports[0]] = WORKER.format(n=300, ready=1)
+        texts[ports[1]] = WORKER.format(n=340, ready=1)
+        supervisor.targets = [(0, 100, ports[0]), (1, 101, ports[1])]
+        seen = _collect(collector)
+        assert (seen[total], seen[bucket], seen[queue], seen[ready]) == (640, 640, 640, 1)
+        # Worker 1 hangs (not scraped): its last counts stay in, its gauges leave, and
+        # the server is not ready.
+        supervisor.targets = [(0, 100, ports[0]), (1, 101, None)]
+        seen = _collect(collector)
+        assert (seen[total], seen[bucket], seen[queue], seen[ready]) == (640, 640, 300, 0)
+        # It is replaced: the new process counts from 0 again, its predecessor's
+        # totals are carried forward.
+        texts[ports[1]] = WORKER.format(n=5, ready=1)
+        supervisor.targets = [(0, 100, ports[0]), (1, 202, ports[1])]
+        seen = _collect(collector)
+        assert (seen[total], seen[bucket], seen[queue], seen[ready]) == (645, 645, 305, 1)
+        # A counter that goes back within one process (a reset) is carried too.
+        texts[ports[0]] = WORKER.format(n=2, ready=1)
+        seen = _collect(collector)
+        assert seen[total] == 300 + 2 + 340 + 5
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
