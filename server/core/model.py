@@ -46,6 +46,8 @@ class ModelVersion:
         self._ort_inputs = {t.name: t.datatype for t in self.session.inputs}
         self.preprocessor: TextPreprocessor | None = None
         self.drift = None  # a DriftMonitor when the version has a reference (repository)
+        self.rollout = None  # server.core.rollout: this model's canary/shadow routing
+        self.shadow = None  # a ShadowLink when a shadow version watches this one
         try:
             if TEXT_PREPROCESSOR in spec.parameters:
                 if len(spec.inputs) != 1 or spec.inputs[0].datatype != "BYTES":
@@ -195,12 +197,20 @@ class ModelVersion:
         outputs = self.session.run(feeds)
         if self.drift is not None:  # keeps references only; a drift thread measures them
             self.drift.offer(feeds, outputs, len(next(iter(feeds.values()))))
+        if self.shadow is not None:  # the same: a shadow thread runs the candidate
+            self.shadow.offer(feeds, outputs, len(next(iter(feeds.values()))))
         return outputs
 
     @property
     def feed_names(self) -> tuple[str, ...]:
         """What the ONNX model is fed (a text model: its token ids, not the text)."""
         return tuple(self._ort_inputs)
+
+    def feed_signature(self) -> tuple:
+        """Equal for versions that take the same model inputs from the same request."""
+        text = self.preprocessor
+        return (tuple(sorted(self._ort_inputs.items())), text and (
+            text.output_name, tuple(text.tokenizer.vocabulary), text.tokenizer.config.to_dict()))
 
     def _on_batch(self, times: BatchTimes) -> None:
         self.stats.record_execution(times.rows, times.compute_input_s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from server.observability import connections
 
@@ -57,7 +57,7 @@ class DriftCollector:
         reference = GaugeMetricFamily(f"{PREFIX}_drift_reference_proportion", "Share of "
                                       "the reference rows in each bin of a signal",
                                       labels=labels + ["signal", "bin"])
-        for version in self._versions():
+        for version in _versions(self._metrics, "drift"):
             snapshot = version.drift.snapshot()
             key = [version.name, str(version.version)]
             rows.add_metric(key, snapshot.rows)
@@ -70,15 +70,64 @@ class DriftCollector:
                     reference.add_metric(key + [signal.name, edge], expected)
         return [psi, rows, measured, skipped, live, reference]
 
-    def _versions(self) -> list:
-        running = self._metrics._running
-        if running is None:
-            return []
-        try:  # read from the scrape thread while the loop may load or unload
-            versions = list(running.repository.loaded_versions())
-        except RuntimeError:
-            return []
-        return [v for v in versions if getattr(v, "drift", None) is not None]
+
+class RolloutCollector:
+    """Canary shares and shadow agreement (server.core.rollout), read at scrape time."""
+
+    def __init__(self, metrics):  # a ServerMetrics
+        self._metrics = metrics
+
+    def collect(self):
+        from server.core.rollout import DELTA_BUCKETS
+
+        pair = ["model", "primary", "shadow"]
+        share = GaugeMetricFamily(f"{PREFIX}_rollout_share", "Share of the requests that name "
+                                  "no version this version gets (canary rollout)",
+                                  labels=["model", "version"])
+        agreement = GaugeMetricFamily(f"{PREFIX}_shadow_agreement_ratio", "Rows where the "
+                                      "shadow version predicts what the primary does (same "
+                                      "class, or same side of 0.5)", labels=pair)
+        rows = CounterMetricFamily(f"{PREFIX}_shadow_rows", "Primary rows also run on the "
+                                   "shadow version, by outcome", labels=pair + ["outcome"])
+        failures = CounterMetricFamily(f"{PREFIX}_shadow_failures", "Shadow runs that failed "
+                                       "(the primary's answers are not affected)", labels=pair)
+        delta = HistogramMetricFamily(f"{PREFIX}_shadow_score_delta", "|primary top score - "
+                                      "shadow's score for that class| per row", labels=pair)
+        for version in _versions(self._metrics, "rollout"):
+            rollout = version.rollout
+            spec = rollout.spec
+            if spec.canary_version is not None:
+                weight = (spec.canary_weight if version.version == spec.canary_version else
+                          1 - spec.canary_weight if version.version == rollout.primary else 0.0)
+                share.add_metric([version.name, str(version.version)], weight)
+            link = version.shadow
+            if link is None:
+                continue
+            key = [version.name, str(version.version), str(link.candidate.version)]
+            stats = link.stats
+            agreement.add_metric(key, stats.agree / stats.rows if stats.rows else 1.0)
+            rows.add_metric(key + ["agree"], stats.agree)
+            rows.add_metric(key + ["disagree"], stats.rows - stats.agree)
+            rows.add_metric(key + ["dropped"], stats.dropped_rows)
+            failures.add_metric(key, stats.failures)
+            cumulative, buckets = 0, []
+            for bound, count in zip(list(DELTA_BUCKETS) + [float("inf")], stats.delta_counts):
+                cumulative += count
+                buckets.append((f"{bound}" if bound != float("inf") else "+Inf", cumulative))
+            delta.add_metric(key, buckets, stats.delta_sum)
+        return [share, agreement, rows, failures, delta]
+
+
+def _versions(metrics, attribute: str) -> list:
+    """Loaded versions that carry ``attribute``, read from the scrape thread."""
+    running = metrics._running
+    if running is None:
+        return []
+    try:  # the loop may load or unload meanwhile
+        versions = list(running.repository.loaded_versions())
+    except RuntimeError:
+        return []
+    return [v for v in versions if getattr(v, attribute, None) is not None]
 
 
 def _bins(edges: tuple[float, ...]) -> list[str]:

@@ -31,7 +31,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
-from server.observability.collectors import ConnectionCollector, DriftCollector, gpu_collector
+from server.observability.collectors import (ConnectionCollector, DriftCollector,
+                                             RolloutCollector, gpu_collector)
 from server.observability import metrics_http
 
 log = logging.getLogger("server.observability.metrics")
@@ -154,6 +155,7 @@ class ServerMetrics:
         self.registry.register(_ModelCollector(self))
         self.registry.register(ConnectionCollector(self))
         self.registry.register(DriftCollector(self))
+        self.registry.register(RolloutCollector(self))
         gpu = gpu_collector()
         if gpu is not None:
             self.registry.register(gpu)
