@@ -37,11 +37,15 @@ from prometheus_client.samples import Sample
 log = logging.getLogger("server.cluster.metrics_merge")
 
 SCRAPE_TIMEOUT_S = 3.0
-MIN_FAMILIES = frozenset({"onnxserve_server_ready", "onnxserve_model_ready"})
+# Per-version monitoring (README "Drift", "Canary and shadow versions"): each worker
+# measures its own share of the traffic; a sum of PSIs, shares or ratios means nothing.
+MIN_FAMILIES = frozenset({"onnxserve_server_ready", "onnxserve_model_ready",
+                          "onnxserve_shadow_agreement_ratio"})
 MAX_FAMILIES = frozenset({
     "onnxserve_model_load_duration_seconds", "onnxserve_last_inference_timestamp_seconds",
     "onnxserve_grpc_connections", "onnxserve_model_load_failures",
-    "process_start_time_seconds", "process_max_fds", "python_info"})
+    "process_start_time_seconds", "process_max_fds", "python_info",
+    "onnxserve_drift_psi", "onnxserve_drift_reference_proportion", "onnxserve_rollout_share"})
 
 
 def _combine(family: str, sample_name: str):
