@@ -9,7 +9,8 @@ server while bystanders send 1-image mnist over gRPC and REST (tools.abuse_kit):
   the server closes them after ``--http-body-read-timeout-s``.
 - ``rest-uploads``: 40 concurrent ~60 MB uploads, half chunked (no Content-Length),
   half gzip (each 60 MB of zeros in ~60 KB): peak RSS < 1.5 GiB, each refused with a
-  JSON 4xx or answered, bystanders fail no call (429s to bystanders count as harm).
+  JSON 4xx or answered, bystanders fail no call (429s to bystanders count as harm) and
+  none waits 1 s or more.
 - ``rest-headers``: 1,000 connections each send ~1 MiB of header lines and stop:
   refused or timed out, peak RSS growth < 300 MiB, and within 300 MiB of the
   baseline 5 s after they close; a fresh client is served meanwhile.
@@ -204,7 +205,10 @@ def scenario_uploads(server, count: int = 40, size: int = 60 * MIB) -> bool:
     time.sleep(3)
     after = server.rss_mib()
     statuses = collections.Counter(status for status, _ in answers)
-    ok = (rss.peak < 1536 and not seen.failed()
+    # The attack's own 2.4 GB through loopback loads a small box: the longest bystander
+    # call may be longer than in rest-decode, but not a stall (the old server inflated
+    # on the event loop: 4-5 s).
+    ok = (rss.peak < 1536 and not seen.failed() and seen.max_ms() < 1000
           and all(status in (400, 413, 429, 0) for status in statuses))
     print(f"rest-uploads: {count} concurrent {size / MIB:.0f} MB uploads (half chunked, half "
           f"gzip of {len(gz) / 1024:.0f} KiB) in {took:.1f} s: answers {dict(statuses)}; RSS "
