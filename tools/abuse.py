@@ -38,7 +38,7 @@ import numpy as np
 from server.client import encode_bytes
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
-from tools import abuse_rest
+from tools import abuse_cluster, abuse_rest
 from tools.abuse_kit import MIB, Bystanders, verdict
 from tools.launcher import raise_fd_limit
 from tools.soak import Server, mnist_request
@@ -216,9 +216,10 @@ def scenario_idle(server: Server, count: int = 1100) -> bool:
 
 
 SCENARIOS = {"memory": scenario_memory, "freeze": scenario_freeze, "scrape": scenario_scrape,
-             "h2flood": scenario_h2flood, "idle": scenario_idle, **abuse_rest.SCENARIOS}
+             "h2flood": scenario_h2flood, "idle": scenario_idle, **abuse_rest.SCENARIOS,
+             **abuse_cluster.SCENARIOS}
 # Server flags a scenario needs on top of the defaults (and --server-args).
-SERVER_ARGS: dict[str, list[str]] = {**abuse_rest.SERVER_ARGS}
+SERVER_ARGS: dict[str, list[str]] = {**abuse_rest.SERVER_ARGS, **abuse_cluster.SERVER_ARGS}
 
 
 def build_parser() -> argparse.ArgumentParser:

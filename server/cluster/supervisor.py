@@ -48,8 +48,8 @@ POLL_S = 0.05
 # off (0.5 s doubling to 30 s) instead of spinning.
 CRASH_WINDOW_S = 10.0
 MAX_BACKOFF_S = 30.0
-# A worker's heartbeat (server.cluster.worker.heartbeat_forever) older than this is
-# reported as unresponsive (at most the hang timeout).
+# A worker's heartbeat (server.cluster.worker.heartbeat_forever) older than this (or
+# than half the hang timeout, if less) is reported as unresponsive.
 LATE_S = 5.0
 
 
@@ -237,7 +237,7 @@ class Supervisor:
             age = time.time() - (self.folder / f"worker-{worker.index}.alive").stat().st_mtime
         except OSError:  # not beating yet: still importing or loading its models
             return
-        if age < min(LATE_S, timeout):
+        if age < min(LATE_S, timeout / 2):
             if worker.late_since is not None:
                 log.warning("worker %d answers again after %.1f s", worker.index,
                             time.time() - worker.late_since)
