@@ -7,6 +7,9 @@ answers and messages; then the requests of each model version enter its batcher
 together (server.core.grouped). Each answer is a plain callback, ``finish(result)``,
 with ``result`` what :meth:`DataPlane.infer` returns: ``(model, outputs)`` or the
 ServingError to answer. A cancelled request gets no ``finish`` call.
+
+Keep it in step with :meth:`DataPlane.infer`: a rule added there (routing, caching, a
+check) must be added here too; tests/unit/dataplane/test_grouped.py compares the two.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Protocol
 
 from server.core.errors import InternalError, ServingError
 from server.core.grouped import CANCELLED, submit_group
+from server.dataplane.caching import look_up
 from server.dataplane.dataplane import DataPlane, WireRequest
 
 log = logging.getLogger("server.dataplane")
@@ -30,7 +34,8 @@ class GroupRequest(WireRequest, Protocol):
 class _Answer:
     """Ends one request: metrics, access log, in-flight count, then the face's finish."""
 
-    __slots__ = ("dataplane", "wire", "model", "protocol", "started", "answered")
+    __slots__ = ("dataplane", "wire", "model", "protocol", "started", "answered",
+                 "cache_entry")
 
     def __init__(self, dataplane: DataPlane, wire: GroupRequest, model, protocol: str,
                  started: float):
@@ -40,6 +45,7 @@ class _Answer:
         self.protocol = protocol
         self.started = started
         self.answered = False
+        self.cache_entry = None  # set on a response-cache miss: store the answer
 
     def __call__(self, outputs, error) -> None:
         if self.answered:  # only after a bug while queueing (see infer_group)
@@ -51,6 +57,8 @@ class _Answer:
                 return
             model = self.model
             if error is None:
+                if self.cache_entry is not None:
+                    self.cache_entry.store(model, outputs)
                 dataplane._record(wire, model, self.protocol, "OK", self.started, None)
                 result = (model, outputs)
             else:
@@ -99,9 +107,13 @@ def infer_group(dataplane: DataPlane, requests: list[GroupRequest], protocol: st
                 model.stats.record_failure(time.monotonic() - started, error.reason)
             _Answer(dataplane, wire, model, protocol, started)(None, error)
             continue
+        answer = _Answer(dataplane, wire, model, protocol, started)
+        hit, answer.cache_entry = look_up(dataplane.cache, model, inputs, wire.outputs(), started)
+        if hit is not None:  # the response cache answers: no queue, no model
+            answer(hit, None)
+            continue
         group = groups.setdefault(id(model), (model, [], []))
-        group[1].append((inputs, wire.outputs(), wire.deadline(started),
-                         _Answer(dataplane, wire, model, protocol, started)))
+        group[1].append((inputs, wire.outputs(), wire.deadline(started), answer))
         group[2].append(index)
     for model, batch, indexes in groups.values():
         try:
