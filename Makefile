@@ -58,6 +58,11 @@ pathbench: $(VENV)/.serve
 peer-compare: $(VENV)/.dev
 	$(PY) -m tools.peer_compare --null-server ../shared/peers/null_server.py --sentiment
 
+# Triton's response cache: all-miss vs a 90 %-hit mix at concurrency 32, a hit at c=1.
+.PHONY: bench-cache
+bench-cache: $(VENV)/.dev
+	$(PY) -m tools.cache_bench --model-repository $(MODEL_REPOSITORY) --rounds 3
+
 # REST (binary and JSON tensors) beside gRPC: 1-image MNIST at concurrency 32.
 .PHONY: bench-rest
 bench-rest: $(VENV)/.dev

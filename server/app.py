@@ -23,6 +23,7 @@ from server.core.errors import StartupError
 from server.core.lifecycle import Lifecycle
 from server.core.memory import HeapTrimmer
 from server.core.repository import ModelRepository
+from server.core.response_cache import ResponseCache
 from server.core.runtime import RuntimeOptions
 from server.dataplane.dataplane import DataPlane
 from server.grpc.server import GrpcPort
@@ -78,7 +79,9 @@ async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     dataplane = DataPlane(repository, lifecycle, model_control_mode=config.model_control_mode,
                           repository_api_key=config.repository_api_key,
                           access_log_enabled=config.access_log, observer=observer,
-                          cluster=coordinator)
+                          cluster=coordinator,
+                          cache=(ResponseCache(config.response_cache_bytes)
+                                 if config.response_cache_bytes else None))
     servicer = InferenceServicer(dataplane) if peers is None else PeerServicer(dataplane, sync)
     budget = ByteBudget(config.max_inflight_request_bytes, HeapTrimmer().released)
     native = None

@@ -77,6 +77,9 @@ class ServerConfig:
     drift_enabled: bool = True
     drift_window_rows: int = 10_000
     drift_window_s: float = 600.0
+    # Triton's response cache: bytes of answers held, least recently used out first; only
+    # models with response_cache { enable: true } use it. 0 = off. Per worker process.
+    response_cache_bytes: int = 0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -148,6 +151,9 @@ class ServerConfig:
                              f"proportions), got {self.drift_window_rows!r}")
         if self.drift_window_s <= 0:
             raise ValueError(f"drift_window_s must be > 0, got {self.drift_window_s!r}")
+        if self.response_cache_bytes < 0:
+            raise ValueError("response_cache_bytes must be >= 0 (0 = no cache), got "
+                             f"{self.response_cache_bytes!r}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = one per CPU), got {self.workers!r}")
         if self.worker_hang_timeout_s < 0:
@@ -221,6 +227,8 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("drift_enabled", _bool, "measure drift against each model version's reference.json"),
     ("drift_window_rows", int, "drift window: about the last this many rows per version"),
     ("drift_window_s", float, "drift window: rows older than this many seconds age out"),
+    ("response_cache_bytes", int, "response cache size in bytes for models with "
+     "response_cache { enable: true } (0 = off; per worker)"),
     ("tls_cert_file", Path, "PEM certificate chain: serve gRPC over TLS"),
     ("tls_key_file", Path, "PEM private key for --tls-cert-file"),
     ("tls_client_ca_file", Path, "PEM CA bundle: require client certificates (mutual TLS)"),

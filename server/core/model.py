@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -29,6 +30,9 @@ class Part:
     feeds: dict[str, np.ndarray]
     rows: int
     key: tuple
+
+
+_GENERATIONS = itertools.count(1)  # each ModelVersion object: a load of a version
 
 
 class ModelVersion:
@@ -62,6 +66,8 @@ class ModelVersion:
             raise
         self._output_names = tuple(t.name for t in spec.outputs)
         self.output_datatypes = {t.name: t.datatype for t in spec.outputs}
+        self.input_datatypes = {t.name: t.datatype for t in spec.inputs}
+        self.generation = next(_GENERATIONS)  # response-cache keys of another load never match
         # (name, datatype, full shape with -1 for the batch) of each input: the hot
         # path's checks compare against these instead of rebuilding them per request.
         self._expected = tuple((t.name, t.datatype,

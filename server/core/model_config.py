@@ -69,6 +69,7 @@ class ModelSpec:
     instance_count: int = 1
     model_filename: str = "model.onnx"
     parameters: dict[str, str] = field(default_factory=dict)
+    response_cache: bool = False  # response_cache { enable: true }: answers may be cached
     proto: model_config_pb2.ModelConfig = field(default=None, compare=False, repr=False)
 
     def input(self, name: str) -> TensorSpec | None:
@@ -130,6 +131,7 @@ def spec_from_proto(proto: model_config_pb2.ModelConfig, folder_name: str) -> Mo
         instance_count=max(1, sum(counts)) if counts else 1,
         model_filename=proto.default_model_filename or "model.onnx",
         parameters={k: v.string_value for k, v in proto.parameters.items()},
+        response_cache=proto.response_cache.enable,
         proto=proto,
     )
 

@@ -56,6 +56,9 @@ class ModelStats:
     # statistics message, exported as a metric only.
     preprocess: Duration = field(default_factory=Duration)
     in_flight: int = 0  # requests inside ModelVersion.infer right now
+    # Response cache (Triton's meanings): lookups that hit; lookups plus inserts that missed.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     listener: StatsListener | None = field(default=None, repr=False, compare=False)
 
     def record_success(self, total_s: float, queue_s: float, compute_input_s: float,
@@ -71,6 +74,15 @@ class ModelStats:
         self.last_inference_ms = int(time.time() * 1000)
         if self.listener is not None:
             self.listener.on_success(total_s, queue_s, preprocess_s)
+
+    def record_cache_hit(self, total_s: float, lookup_s: float, rows: int) -> None:
+        """A request answered from the response cache: a success without queue or model."""
+        self.success.add(total_s)
+        self.cache_hit.add(lookup_s)
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+        if self.listener is not None:
+            self.listener.on_success(total_s, 0.0, None)
 
     def record_failure(self, total_s: float, reason: str) -> None:
         self.fail.add(total_s)

@@ -22,6 +22,8 @@ from server.core.errors import InternalError, ModelNotFoundError, ServingError
 from server.core.lifecycle import Lifecycle
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
+from server.core.response_cache import ResponseCache
+from server.dataplane.caching import forget_on_change, look_up
 from server.dataplane.control import RepositoryControl
 from server.kserve.statistics import statistics_response
 from server.kserve.tensors import InputHeader
@@ -86,7 +88,7 @@ class DataPlane:
     def __init__(self, repository: ModelRepository, lifecycle: Lifecycle, *,
                  model_control_mode: str = "none", repository_api_key: str = "",
                  access_log_enabled: bool = False, observer=None,
-                 cluster: Cluster | None = None):
+                 cluster: Cluster | None = None, cache: ResponseCache | None = None):
         self.repository = repository
         self.lifecycle = lifecycle
         self.control = RepositoryControl(model_control_mode, repository_api_key)
@@ -94,6 +96,9 @@ class DataPlane:
         # observer(model name, model or None, exc or None, seconds, protocol=) -> metrics
         self._observe = observer
         self.cluster = cluster
+        self.cache = cache  # Triton's response cache (models opt in); None = off
+        if cache is not None:
+            repository.listeners.append(forget_on_change(cache))
 
     # ---- health and metadata -----------------------------------------------------------
     def ready_here(self) -> bool:
@@ -195,9 +200,13 @@ class DataPlane:
             except ServingError as exc:
                 model.stats.record_failure(0.0, exc.reason)
                 raise
-            # checked: the header passed check_inputs and the arrays were decoded to it.
-            outputs = await model.infer(inputs, wire.outputs(), wire.deadline(started),
-                                        checked=True)
+            outputs, entry = look_up(self.cache, model, inputs, wire.outputs(), started)
+            if outputs is None:
+                # checked: the header passed check_inputs and the arrays were decoded to it.
+                outputs = await model.infer(inputs, wire.outputs(), wire.deadline(started),
+                                            checked=True)
+                if entry is not None:
+                    entry.store(model, outputs)
         except ServingError as exc:
             self._record(wire, model, protocol, type(exc).__name__, started, exc)
             return exc

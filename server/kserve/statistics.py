@@ -33,7 +33,7 @@ def _fill(out: pb.ModelStatistics, name: str, version: int, stats: ModelStats) -
     out.execution_count = stats.execution_count
     infer = out.inference_stats
     for field in ("success", "fail", "queue", "compute_input", "compute_infer",
-                  "compute_output"):
+                  "compute_output", "cache_hit", "cache_miss"):
         _duration(getattr(infer, field), getattr(stats, field))
     for size in sorted(stats.batches):
         per_size = stats.batches[size]

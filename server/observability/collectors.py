@@ -71,6 +71,36 @@ class DriftCollector:
         return [psi, rows, measured, skipped, live, reference]
 
 
+class CacheCollector:
+    """The response cache's counters (server.core.response_cache), read at scrape time."""
+
+    def __init__(self, metrics):  # a ServerMetrics
+        self._metrics = metrics
+
+    def collect(self):
+        running = self._metrics._running
+        cache = getattr(getattr(running, "dataplane", None), "cache", None)
+        if cache is None:
+            return []
+        c = cache.counters
+        counters = [CounterMetricFamily(f"{PREFIX}_cache_{name}", text, value=value)
+                    for name, text, value in (
+                        ("hits", "Response cache lookups that hit", c.hits),
+                        ("misses", "Response cache lookups that missed", c.misses),
+                        ("inserts", "Answers stored in the response cache", c.inserts),
+                        ("evictions", "Answers dropped to stay within the byte budget",
+                         c.evictions),
+                        ("too_large", "Answers over a quarter of the budget, not stored",
+                         c.too_large))]
+        return counters + [
+            GaugeMetricFamily(f"{PREFIX}_cache_entries", "Answers held in the response cache",
+                              value=cache.entries),
+            GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes the response cache holds "
+                              "(answers, keys and bookkeeping)", value=cache.bytes),
+            GaugeMetricFamily(f"{PREFIX}_cache_limit_bytes", "--response-cache-bytes",
+                              value=cache.max_bytes)]
+
+
 class RolloutCollector:
     """Canary shares and shadow agreement (server.core.rollout), read at scrape time."""
 

@@ -31,8 +31,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
-from server.observability.collectors import (ConnectionCollector, DriftCollector,
-                                             RolloutCollector, gpu_collector)
+from server.observability.collectors import (CacheCollector, ConnectionCollector,
+                                             DriftCollector, RolloutCollector, gpu_collector)
 from server.observability import metrics_http
 
 log = logging.getLogger("server.observability.metrics")
@@ -156,6 +156,7 @@ class ServerMetrics:
         self.registry.register(ConnectionCollector(self))
         self.registry.register(DriftCollector(self))
         self.registry.register(RolloutCollector(self))
+        self.registry.register(CacheCollector(self))
         gpu = gpu_collector()
         if gpu is not None:
             self.registry.register(gpu)
