@@ -212,8 +212,8 @@ class NativePort:
     def _unary(self, method_id: int, call_id: int, payload: bytes, details) -> None:
         try:
             request = self._types[method_id].FromString(payload)
-        except DecodeError:  # grpcio's answer to a message its deserializer refuses
-            self.front.fail(call_id, CODES["INTERNAL"], "Exception deserializing request!")
+        except DecodeError as exc:  # grpc.aio's answer to an undecodable message, verbatim
+            self.front.fail(call_id, CODES["UNKNOWN"], f"Unexpected {type(exc)}: {exc}")
             return
         task = self._loop.create_task(
             self._run_unary(self._methods[method_id], call_id, request, Context(details)))
@@ -225,8 +225,8 @@ class NativePort:
             reply = await getattr(self.servicer, name)(request, context)
         except Aborted as aborted:
             self.front.fail(call_id, aborted.code.value[0], aborted.details)
-        except Exception as exc:  # grpcio's answer to a handler that raised
+        except Exception as exc:  # grpc.aio's answer to a handler that raised, verbatim
             log.exception("native gRPC: %s failed", name)
-            self.front.fail(call_id, CODES["UNKNOWN"], f"Exception calling application: {exc}")
+            self.front.fail(call_id, CODES["UNKNOWN"], f"Unexpected {type(exc)}: {exc}")
         else:
             self.front.respond(call_id, reply.SerializeToString())
