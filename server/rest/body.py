@@ -40,7 +40,7 @@ _ENCODINGS = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": _DEFLATE}
 
 class BodyError(Exception):
     """A body refused while it was read: ``status`` with ``error``'s message. What is
-    left of the body is read and dropped for a few seconds after the answer (aiohttp's
+    left of the body is read and dropped for 2 s after the answer (aiohttp's
     lingering close), so the client sees the answer; ``close``: close at once instead."""
 
     def __init__(self, status: int, error: ServingError, close: bool = False):

@@ -27,6 +27,9 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSL
     return context
 
 
+LINGERING_S = 2.0
+
+
 @dataclass(frozen=True)
 class RestTimeouts:
     """Seconds (0 = none): a whole request body, a request head from its first byte, an
@@ -69,6 +72,10 @@ class RestServer:
             keepalive_timeout=timeouts.keepalive_s or 1e9, max_line_size=protocol.MAX_LINE_BYTES,
             max_field_size=protocol.MAX_FIELD_BYTES, max_headers=protocol.MAX_HEADERS,
             auto_decompress=False,  # server.rest.body inflates, within the limits
+            # After refusing a body (413, 429, 415, 400) its rest is read and dropped
+            # this long, so a client still sending sees the answer instead of a reset;
+            # aiohttp's 10 s let each refused upload cost the server 10 s of reading.
+            lingering_time=LINGERING_S,
             access_log=None)  # our own access log covers inference
         # Signals belong to app.serve().
         self._runner = web.ServerRunner(self._server, handle_signals=False,
