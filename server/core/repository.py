@@ -44,6 +44,9 @@ class ModelEntry:
     # A load that fails at run time does not set it; unload clears it.
     wanted: bool = False
     plan: LoadPlan | None = None  # what the serving versions were loaded from
+    # The latest load: (when it started, its error's class and message, or None). Loads
+    # that queued behind it (arrived before it started) share its outcome.
+    last_load: tuple[float, tuple[type, str] | None] | None = None
     rollout: object = None  # server.core.rollout.Rollout: canary and shadow versions
 
 
@@ -86,12 +89,26 @@ class ModelRepository:
 
         A name with no model folder is refused (ModelNotFoundError) before anything is
         recorded: a typo leaves no state, no metric series and no readiness change.
+        Concurrent loads of one model (a storm) build it at most twice: the one running
+        and one that starts after the others arrived, whose outcome they all share.
         """
+        arrived = time.monotonic()
         path = self._existing_model_dir(name)
         entry = self._entries.setdefault(name, ModelEntry(name))
         try:
             async with entry.lock:
-                self._commit_entry(entry, *await self._prepare_entry(entry, path))
+                if entry.last_load is not None and entry.last_load[0] > arrived:
+                    if entry.last_load[1] is not None:
+                        kind, message = entry.last_load[1]
+                        raise kind(message)
+                    return
+                started = time.monotonic()
+                entry.last_load = (started, None)
+                try:
+                    self._commit_entry(entry, *await self._prepare_entry(entry, path))
+                except ServingError as exc:
+                    entry.last_load = (started, (type(exc), str(exc)))
+                    raise
         finally:
             await self._changed()
 
