@@ -97,6 +97,9 @@ def infer_group(dataplane: DataPlane, requests: list[GroupRequest], protocol: st
             except ServingError as exc:
                 model.stats.record_failure(0.0, exc.reason)
                 raise
+            # Inside the try: whatever the lookup raises answers this request alone.
+            hit, cache_entry = look_up(dataplane.cache, model, inputs, wire.outputs(),
+                                       started)
         except ServingError as exc:
             _Answer(dataplane, wire, model, protocol, started)(None, exc)
             continue
@@ -108,7 +111,7 @@ def infer_group(dataplane: DataPlane, requests: list[GroupRequest], protocol: st
             _Answer(dataplane, wire, model, protocol, started)(None, error)
             continue
         answer = _Answer(dataplane, wire, model, protocol, started)
-        hit, answer.cache_entry = look_up(dataplane.cache, model, inputs, wire.outputs(), started)
+        answer.cache_entry = cache_entry
         if hit is not None:  # the response cache answers: no queue, no model
             answer(hit, None)
             continue

@@ -32,7 +32,7 @@ from pygrpc_native import EVENT_CANCEL, NativeGrpcFront
 
 from server.config import ServerConfig
 from server.core.admission import ByteBudget
-from server.core.errors import ServingError, StartupError
+from server.core.errors import InternalError, ServingError, StartupError
 from server.dataplane.dataplane import DataPlane
 from server.dataplane.grouped import infer_group
 from server.kserve.messages import parse_infer_request
@@ -180,7 +180,13 @@ class NativePort:
         return None
 
     def _start(self, calls: list[NativeInfer]) -> None:
-        handles = infer_group(self.dataplane, calls, "grpc")
+        try:
+            handles = infer_group(self.dataplane, calls, "grpc")
+        except Exception:  # a bug: answer every call still open, free its bytes
+            log.exception("native gRPC: starting %d calls failed", len(calls))
+            for call in calls:
+                call.finish(InternalError("internal error; see the server log"))
+            return
         for call, handle in zip(calls, handles):
             if handle is not None and not call.finished:
                 self._calls[call.call_id] = (call, handle)
