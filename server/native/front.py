@@ -86,8 +86,10 @@ class NativePort:
             raise StartupError(f"cannot listen for gRPC on {address}: the port is in use or "
                                "the address is not this machine's; pick another with "
                                "--grpc-port (0 = any free port) or --grpc-host") from None
-        # The grpcio server for the rest listens there (server.app); private folder.
-        self._folder = Path(tempfile.mkdtemp(prefix="onnxserve-grpc-"))
+        # The grpcio server for the rest listens there (server.app); a private folder,
+        # inside a worker's runtime folder with --workers (the supervisor removes those
+        # even when a worker is killed).
+        self._folder = Path(tempfile.mkdtemp(prefix="native-grpc-", dir=config.worker_dir))
         self.fallback_socket = str(self._folder / "fallback.sock")
         self.front.set_fallback(self.fallback_socket)
         self.port = self.front.bound_port
