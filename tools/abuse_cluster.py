@@ -14,7 +14,7 @@ Each runs on a fresh ``--workers 2`` server (``SERVER_ARGS``) with bystanders se
 - ``workers-crossing``: two clients, each on another worker, load and unload
   ``mnist_int8`` at once, 40 times. Goals: after every pair every worker serves the
   same thing; bystanders (mnist) see no failure.
-- ``workers-storm``: 12 concurrent loads of ``mnist_int8`` over both workers. Goals:
+- ``workers-storm``: 12 concurrent loads of ``sentiment`` over both workers. Goals:
   at most 2 builds per worker (log lines), and the workers' peak resident memory
   grows by at most 3x what one load adds.
 
@@ -195,21 +195,38 @@ def scenario_hang(server) -> bool:
 
 
 def scenario_crossing(server, trials: int = 40) -> bool:
+    """The unload's moment is searched by bisection for where it crosses the load's
+    commit (the final state flips from loaded to unloaded there), per direction, and
+    kept probing around it: that is where calls from two clients can cross."""
     load = pb.RepositoryModelLoadRequest(model_name="mnist_int8")
     unload = pb.RepositoryModelUnloadRequest(model_name="mnist_int8")
+    started = time.monotonic()
+    _call(server, 0, "RepositoryModelLoad", load)
+    load_s = time.monotonic() - started
+    windows = {0: [0.0, 2 * load_s], 1: [0.0, 2 * load_s]}
+
+    def unload_after(index: int, delay_s: float):
+        time.sleep(delay_s)
+        return _call(server, index, "RepositoryModelUnload", unload)
+
     bystanders = Bystanders(server, seconds=20)  # the first 20 s of the trials
     disagreements, codes = 0, {}
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
         for trial in range(trials):
             loader = trial % 2
+            window = windows[loader]
+            delay_s = sum(window) / 2
             calls = [pool.submit(_call, server, loader, "RepositoryModelLoad", load),
-                     pool.submit(_call, server, 1 - loader, "RepositoryModelUnload", unload)]
+                     pool.submit(unload_after, 1 - loader, delay_s)]
             for call in calls:
                 code = call.result()[0]
                 codes[code] = codes.get(code, 0) + 1
-            agree, _ = _agree(server)
+            agree, states = _agree(server)
             disagreements += not agree
+            window[0 if "mnist_int8" in states[0] else 1] = delay_s
+            if window[1] - window[0] < 0.002:
+                window[:] = [max(0.0, window[0] - 0.02), window[1] + 0.02]
     took = time.monotonic() - started
     seen = bystanders.result()
     ok = not disagreements and not seen.failed() and set(codes) <= {"OK", "NOT_FOUND"}
@@ -223,10 +240,10 @@ def _workers_rss(server) -> float:
     return sum(rss_mib(pid) for pid, _ in workers(server).values())
 
 
-def scenario_storm(server, count: int = 12) -> bool:
-    marker = "model mnist_int8 version 1 ready on"
-    load = pb.RepositoryModelLoadRequest(model_name="mnist_int8")
-    unload = pb.RepositoryModelUnloadRequest(model_name="mnist_int8")
+def scenario_storm(server, count: int = 12, model: str = "sentiment") -> bool:
+    marker = f"model {model} version 1 ready on"
+    load = pb.RepositoryModelLoadRequest(model_name=model)
+    unload = pb.RepositoryModelUnloadRequest(model_name=model)
     baseline = _workers_rss(server)
     code, _ = _call(server, 0, "RepositoryModelLoad", load)
     one_load = _workers_rss(server) - baseline
@@ -258,7 +275,7 @@ def scenario_storm(server, count: int = 12) -> bool:
     agree, _ = _agree(server)
     ok = (set(codes) == {"OK"} and code == "OK" and builds <= 2 * len(workers(server))
           and grew <= 3 * max(one_load, 20) and agree and not seen.failed())
-    print(f"workers-storm: {count} concurrent loads of mnist_int8 answered {sorted(set(codes))} "
+    print(f"workers-storm: {count} concurrent loads of {model} answered {sorted(set(codes))} "
           f"in {took:.1f} s; {builds} builds on {len(workers(server))} workers; workers' RSS "
           f"+{grew:.0f} MiB at peak (one load: +{one_load:.0f} MiB); workers agree: {agree}; "
           f"{seen.summary()} -> {verdict(ok)}")
