@@ -4,8 +4,9 @@
 ``SERVE_GRPC_FRONTEND`` names it, so every server these tests start (``ServerProcess``
 passes the environment on) serves the public gRPC port with that face. ``native`` is
 ``auto``: pygrpc-native, except where a test configures TLS, which only grpcio serves.
-pytest runs one face's tests, then the other's; the shared ``server`` and
-``grpc_stub`` are overridden here so each face gets its own.
+pytest runs one face's tests, then the other's; ``models_dir`` depends on the face
+here, so every server fixture built on it (``server``, ``grpc_stub`` and the modules'
+own) is started once per face.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def grpc_face(request):
         os.environ.pop("SERVE_GRPC_FRONTEND", None)
     else:
         os.environ["SERVE_GRPC_FRONTEND"] = previous
+
+
+@pytest.fixture(scope="session")
+def models_dir(models_dir, grpc_face):
+    """The root fixture's repository, tied to the face: every server fixture of these
+    tests takes ``models_dir``, so each (module-scoped ones too) is started anew for
+    each face instead of one face's server being reused for the other's tests."""
+    return models_dir
 
 
 @pytest.fixture(scope="session")
