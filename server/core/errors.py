@@ -79,6 +79,18 @@ class ModelControlDisabledError(ServingError):
     reason = "failed_precondition"
 
 
+class AlreadyExistsError(ServingError):
+    """A name registered twice (a shared-memory region)."""
+
+    reason = "already_exists"
+
+
+class UnimplementedError(ServingError):
+    """A protocol feature this server does not offer (CUDA shared memory)."""
+
+    reason = "unimplemented"
+
+
 class InternalError(ServingError):
     """A bug or an unexpected runtime failure; details go to the log, not the client."""
 

@@ -23,6 +23,8 @@ from server.core.lifecycle import Lifecycle
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
 from server.core.response_cache import ResponseCache
+from server.core.shm import SharedMemoryRegistry
+from server.kserve.shared_memory import place_outputs, read_input
 from server.dataplane.caching import forget_on_change, look_up
 from server.dataplane.control import RepositoryControl
 from server.kserve.statistics import statistics_response
@@ -33,7 +35,8 @@ access_log = logging.getLogger("server.access")
 
 SERVER_NAME = "onnx-serve"
 # Only what is really served: Triton clients decide what to call from this list.
-EXTENSIONS = ("model_configuration", "statistics", "model_repository")
+EXTENSIONS = ("model_configuration", "statistics", "model_repository",
+              "system_shared_memory")
 
 
 class WireRequest(Protocol):
@@ -52,6 +55,8 @@ class WireRequest(Protocol):
     def decode(self, headers: list[InputHeader]) -> dict[str, np.ndarray]: ...
 
     def outputs(self) -> tuple[str, ...]: ...
+
+    def output_regions(self) -> dict: ...  # output name -> kserve.shared_memory.ShmRef
 
     def deadline(self, started: float) -> float: ...  # monotonic seconds; inf = none
 
@@ -97,6 +102,7 @@ class DataPlane:
         self._observe = observer
         self.cluster = cluster
         self.cache = cache  # Triton's response cache (models opt in); None = off
+        self.shm = SharedMemoryRegistry()  # system shared-memory regions clients registered
         if cache is not None:
             repository.listeners.append(forget_on_change(cache))
 
@@ -194,9 +200,9 @@ class DataPlane:
                 model.check_inputs({h.name: (h.datatype, h.shape) for h in headers})
                 if wire.decode_is_heavy(headers):
                     inputs = await asyncio.get_running_loop().run_in_executor(
-                        None, wire.decode, headers)
+                        None, self.decode, wire, headers)
                 else:
-                    inputs = wire.decode(headers)
+                    inputs = self.decode(wire, headers)
             except ServingError as exc:
                 model.stats.record_failure(0.0, exc.reason)
                 raise
@@ -207,6 +213,7 @@ class DataPlane:
                                             checked=True)
                 if entry is not None:
                     entry.store(model, outputs)
+            outputs = self.place_outputs(wire, model, outputs)
         except ServingError as exc:
             self._record(wire, model, protocol, type(exc).__name__, started, exc)
             return exc
@@ -221,6 +228,30 @@ class DataPlane:
             life.in_flight -= 1
         self._record(wire, model, protocol, "OK", started, None)
         return model, outputs
+
+    def decode(self, wire: WireRequest, headers) -> dict[str, np.ndarray]:
+        """The request's tensors: from the message, and from shared memory where named."""
+        inputs = wire.decode(headers)
+        for h in headers:
+            if h.shm is not None:
+                inputs[h.name] = read_input(self.shm, h.name, h.datatype, h.shape, h.count, h.shm)
+        return inputs
+
+    def place_outputs(self, wire: WireRequest, model: ModelVersion, outputs: dict) -> dict:
+        """Outputs the request wants in shared memory written there (ShmOutput markers)."""
+        regions = wire.output_regions()
+        return place_outputs(self.shm, outputs, regions, model.output_datatypes) if regions \
+            else outputs
+
+    # ---- system shared memory ----------------------------------------------------------
+    def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        self.shm.register(name, key, offset, byte_size)
+
+    def shm_unregister(self, name: str) -> None:
+        self.shm.unregister(name)
+
+    def shm_status(self, name: str):
+        return self.shm.status(name)
 
     def refused(self, error: ServingError, protocol: str) -> None:
         """A request refused before it could be read (request-byte budget, undecodable)."""

@@ -59,6 +59,11 @@ class _Answer:
             if error is None:
                 if self.cache_entry is not None:
                     self.cache_entry.store(model, outputs)
+                try:
+                    outputs = dataplane.place_outputs(wire, model, outputs)
+                except ServingError as exc:  # e.g. an output region too small
+                    error = exc
+            if error is None:
                 dataplane._record(wire, model, self.protocol, "OK", self.started, None)
                 result = (model, outputs)
             else:
@@ -93,7 +98,7 @@ def infer_group(dataplane: DataPlane, requests: list[GroupRequest], protocol: st
                     life.in_flight -= 1  # DataPlane.infer counts it itself
                     handles[index] = _infer_in_task(dataplane, wire, protocol)
                     continue
-                inputs = wire.decode(headers)
+                inputs = dataplane.decode(wire, headers)
             except ServingError as exc:
                 model.stats.record_failure(0.0, exc.reason)
                 raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from server.core.errors import OverloadedError, ServingError
+from server.core.errors import OverloadedError, ServingError, UnimplementedError
 from server.dataplane.dataplane import DataPlane
 from server.grpc.handlers import Incoming
 from server.grpc.status import status_for
@@ -209,6 +209,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
+
+    # ---- shared memory ----------------------------------------------------------------
+    async def SystemSharedMemoryStatus(self, request, context):
+        try:
+            regions = self.dataplane.shm_status(request.name)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name, key=region.key, offset=region.offset,
+                    byte_size=region.byte_size))
+        return response
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        try:
+            self.dataplane.shm_register(request.name, request.key, request.offset,
+                                        request.byte_size)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        try:
+            self.dataplane.shm_unregister(request.name)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def _no_cuda(self, request, context):
+        return await self._fail(context, UnimplementedError(
+            "CUDA shared memory is not supported by this server; use system shared memory "
+            "(tritonclient.utils.shared_memory)"))
+
+    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _no_cuda
 
     def _sent_key(self, context) -> str | None:
         header = self.dataplane.control.header

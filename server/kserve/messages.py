@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from server.core.datatypes import V2_TO_NUMPY
 from server.core.errors import InvalidInputError
+from server.kserve.shared_memory import REGION, ShmOutput, check_input, shm_ref
 from server.kserve.tensors import (HEAVY_ELEMENTS, InputHeader, chunked, encode_bytes,
                                    from_raw, input_header)
 from server.protocol import grpc_service_pb2 as pb
@@ -34,13 +35,38 @@ def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
     Cheap on any request, so the model can refuse a wrong shape or batch size before
     the (possibly huge) data is decoded.
     """
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
-                                f"{len(request.inputs)} inputs; send raw data for every "
-                                "input or for none")
     seen: set[str] = set()
-    return [input_header(t.name, t.datatype, t.shape, seen) for t in request.inputs]
+    headers = [input_header(t.name, t.datatype, t.shape, seen) for t in request.inputs]
+    in_shm = 0
+    for index, tensor in enumerate(request.inputs):
+        if tensor.parameters and REGION in tensor.parameters:
+            header = headers[index]
+            ref = shm_ref(plain_parameters(tensor.parameters), f"input {tensor.name!r}")
+            check_input(header.name, header.datatype, header.count, ref)
+            headers[index] = header._replace(shm=ref)
+            in_shm += 1
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(headers) - in_shm:
+        raise InvalidInputError(f"raw_input_contents has {len(raw)} entries for "
+                                f"{len(headers) - in_shm} inputs not in shared memory; send "
+                                "raw data for every such input or for none")
+    return headers
+
+
+def plain_parameters(parameters) -> dict:
+    """A protobuf parameters map as plain values (InferParameter's oneof)."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+            for key, value in parameters.items()}
+
+
+def output_regions(request: pb.ModelInferRequest) -> dict:
+    """Requested outputs to answer in shared memory: name -> ShmRef."""
+    regions = {}
+    for output in request.outputs:
+        if output.parameters and REGION in output.parameters:
+            regions[output.name] = shm_ref(plain_parameters(output.parameters),
+                                           f"output {output.name!r}")
+    return regions
 
 
 def decode_is_heavy(request: pb.ModelInferRequest, headers: list[InputHeader]) -> bool:
@@ -64,13 +90,18 @@ def request_inputs(request: pb.ModelInferRequest,
     raw = request.raw_input_contents
     arrays: dict[str, np.ndarray] = {}
     if raw:  # the usual form (tritonclient, perf_analyzer): no need for request.inputs
-        for header, data in zip(headers, raw):
-            name, datatype, shape, count = header
-            arrays[name] = from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
+        contents = iter(raw)
+        for header in headers:
+            if header.shm is None:  # inputs in shared memory: the dataplane reads those
+                name, datatype, shape, count = header[:4]
+                arrays[name] = from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count,
+                                        next(contents))
         return arrays
     for tensor, header in zip(request.inputs, headers):
-        arrays[header.name] = _from_contents(header.name, tensor, V2_TO_NUMPY[header.datatype],
-                                             header.shape, header.count)
+        if header.shm is None:
+            arrays[header.name] = _from_contents(header.name, tensor,
+                                                 V2_TO_NUMPY[header.datatype], header.shape,
+                                                 header.count)
     return arrays
 
 
@@ -104,13 +135,17 @@ def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
                    outputs: dict[str, np.ndarray],
                    datatypes: dict[str, str]) -> pb.ModelInferResponse:
     """Always answer in raw_output_contents: tritonclient and perf_analyzer read only that."""
-    key = (model_name, version, *[(name, datatypes[name], value.shape)
+    key = (model_name, version, *[(name, datatypes[name], value.shape,
+                                   value.ref if isinstance(value, ShmOutput) else None)
                                   for name, value in outputs.items()])
     template = _TEMPLATES.get(key)
     if template is None:
         template = pb.ModelInferResponse(model_name=model_name, model_version=str(version))
-        for name, datatype, shape in key[2:]:
-            template.outputs.add(name=name, datatype=datatype, shape=shape)
+        for (name, datatype, shape, _), value in zip(key[2:], outputs.values()):
+            tensor = template.outputs.add(name=name, datatype=datatype, shape=shape)
+            if isinstance(value, ShmOutput):  # data in the client's region, not here
+                for param, setting in value.parameters().items():
+                    _set_parameter(tensor.parameters[param], setting)
         if len(_TEMPLATES) >= _MAX_TEMPLATES:  # many shapes (e.g. variable lengths)
             _TEMPLATES.clear()
         _TEMPLATES[key] = template
@@ -119,11 +154,20 @@ def infer_response(request: pb.ModelInferRequest, model_name: str, version: int,
     response.id = request.id
     raw = response.raw_output_contents
     for name, value in outputs.items():
-        if datatypes[name] == "BYTES":
+        if isinstance(value, ShmOutput):
+            raw.append(b"")  # keeps the others' positions (tritonclient counts by output)
+        elif datatypes[name] == "BYTES":
             raw.append(encode_bytes(value))
         else:
             raw.append(np.ascontiguousarray(value).tobytes())
     return response
+
+
+def _set_parameter(parameter, value) -> None:
+    if isinstance(value, str):
+        parameter.string_param = value
+    else:
+        parameter.int64_param = value
 
 
 def parse_infer_request(data: bytes) -> pb.ModelInferRequest:
@@ -162,6 +206,9 @@ class PbRequest:
 
     def outputs(self) -> tuple[str, ...]:
         return requested_outputs(self.request)
+
+    def output_regions(self) -> dict:
+        return output_regions(self.request)
 
     def deadline(self, started: float) -> float:
         # the time remaining was read as the call reached the face, just before started

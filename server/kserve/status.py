@@ -21,6 +21,8 @@ _TABLE: tuple[tuple[type, str, int], ...] = (
     (errors.DeadlineExceededError, "DEADLINE_EXCEEDED", 504),
     (errors.PermissionDeniedError, "PERMISSION_DENIED", 403),   # repository API key
     (errors.ModelControlDisabledError, "FAILED_PRECONDITION", 409),  # not explicit mode
+    (errors.AlreadyExistsError, "ALREADY_EXISTS", 409),         # a region name taken
+    (errors.UnimplementedError, "UNIMPLEMENTED", 501),          # CUDA shared memory
     (errors.ModelLoadError, "INTERNAL", 500),
     (errors.InternalError, "INTERNAL", 500),
 )

@@ -55,6 +55,7 @@ class InputHeader(NamedTuple):  # a tuple: built per input per request, so cheap
     datatype: str
     shape: tuple[int, ...]
     count: int  # elements
+    shm: object = None  # a server.kserve.shared_memory.ShmRef: data in a shared-memory region
 
 
 def input_header(name: str, datatype: str, shape, seen: set[str]) -> InputHeader:

@@ -18,7 +18,7 @@ import orjson
 from server.core.errors import InternalError, InvalidInputError, ServingError
 from server.dataplane.dataplane import DataPlane
 from server.kserve.status import http_status, short_details
-from server.rest import codec
+from server.rest import codec, shared_memory
 from server.rest.limits import CHECK_FROM_BYTES, JsonLimits, json_limits
 from server.rest.protojson import to_json
 
@@ -75,6 +75,11 @@ class RestApi:
         method, path = request.method, request.path
         if method == "POST" and (m := _MODEL_PATH.fullmatch(path)) and m["action"] == "infer":
             return await self.infer(m["model"], m["version"] or "", request)
+        if path.startswith(shared_memory.PREFIXES):
+            answer = shared_memory.handle(self.dataplane, method, path, request.body)
+            if answer is not None:
+                return json_reply(answer)
+            return self._not_served(method, path)
         if method in ("GET", "HEAD"):
             return await self._get(path)
         if method == "POST" and path == "/v2/repository/index":
@@ -95,6 +100,8 @@ class RestApi:
 
     def _allowed(self, path: str) -> str:
         """The methods a path answers ("" for none: 404)."""
+        if path.startswith(shared_memory.PREFIXES):
+            return shared_memory.allowed(path)
         if path in ("/v2/repository/index",) or _REPOSITORY_PATH.fullmatch(path):
             return "POST"
         m = _MODEL_PATH.fullmatch(path)

@@ -19,6 +19,7 @@ import orjson
 
 from server.core.datatypes import V2_TO_NUMPY
 from server.core.errors import InvalidInputError
+from server.kserve.shared_memory import ShmOutput, check_input, shm_ref
 from server.kserve.tensors import (HEAVY_ELEMENTS, InputHeader, encode_bytes, from_raw,
                                    input_header)
 from server.rest.json_tensors import (as_dict, as_flag, as_list, as_shape, as_text,
@@ -44,6 +45,7 @@ class RestRequest:
         self.binary_default = False  # request-level binary_data_output
         self.timeout_s: float | None = None  # Triton's "timeout" (microseconds on the wire)
         self._outputs: tuple[str, ...] = ()
+        self._regions: dict = {}  # output name -> ShmRef (answered in shared memory)
         # Per input, where its data is: ("binary", offset, size) or ("json", data).
         self._sources: list[tuple] = []
         self._tail = memoryview(b"")
@@ -57,6 +59,9 @@ class RestRequest:
 
     def outputs(self) -> tuple[str, ...]:
         return self._outputs
+
+    def output_regions(self) -> dict:
+        return self._regions
 
     def deadline(self, started: float) -> float:
         return math.inf if self.timeout_s is None else started + self.timeout_s
@@ -89,11 +94,17 @@ class RestRequest:
             item = as_dict(item, "each input")
             name = as_text(item.get("name"), "input name")
             datatype = as_text(item.get("datatype"), f"input {name!r} datatype")
-            headers.append(input_header(name, datatype, as_shape(name, item.get("shape")),
-                                        seen))
-            size = as_dict(item.get("parameters"),
-                           f"input {name!r} parameters").get("binary_data_size")
-            if size is not None:
+            header = input_header(name, datatype, as_shape(name, item.get("shape")), seen)
+            parameters = as_dict(item.get("parameters"), f"input {name!r} parameters")
+            size = parameters.get("binary_data_size")
+            region = shm_ref(parameters, f"input {name!r}")
+            if region is not None:  # the data is in shared memory: the dataplane reads it
+                check_input(name, datatype, header.count, region)
+                header = header._replace(shm=region)
+            headers.append(header)
+            if region is not None:
+                self._sources.append(("shm",))
+            elif size is not None:
                 self._check_binary_size(name, size, offset)
                 self._sources.append(("binary", offset, size))
                 offset += size
@@ -128,6 +139,9 @@ class RestRequest:
             if "binary_data" in options:
                 self.binary_outputs[name] = as_flag(options["binary_data"],
                                                     f"output {name!r} binary_data")
+            region = shm_ref(options, f"output {name!r}")
+            if region is not None:
+                self._regions[name] = region
             names.append(name)
         return tuple(names)
 
@@ -138,8 +152,10 @@ class RestRequest:
 
     def decode(self, headers: list[InputHeader]) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
-        for (name, datatype, shape, count), source in zip(headers, self._sources):
+        for (name, datatype, shape, count, _), source in zip(headers, self._sources):
             dtype = V2_TO_NUMPY[datatype]
+            if source[0] == "shm":
+                continue
             if source[0] == "binary":
                 _, offset, size = source
                 data = bytes(self._tail[offset:offset + size])
@@ -189,7 +205,9 @@ def encode_infer(request: RestRequest, model_name: str, version: int,
     for name, value in outputs.items():
         datatype = datatypes[name]
         entry = {"name": name, "datatype": datatype, "shape": list(value.shape)}
-        if request.binary(name):
+        if isinstance(value, ShmOutput):  # written to the client's region: no data here
+            entry["parameters"] = value.parameters()
+        elif request.binary(name):
             raw = encode_bytes(value) if datatype == "BYTES" else (
                 np.ascontiguousarray(value).tobytes())
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -50,19 +50,7 @@ OMITTED_MESSAGES = {
     # model_config.proto: schedulers this server does not offer.
     "inference.ModelSequenceBatching",
     "inference.ModelEnsembling",
-    # grpc_service.proto: shared-memory, trace and log extensions.
-    "inference.SystemSharedMemoryStatusRequest",
-    "inference.SystemSharedMemoryStatusResponse",
-    "inference.SystemSharedMemoryRegisterRequest",
-    "inference.SystemSharedMemoryRegisterResponse",
-    "inference.SystemSharedMemoryUnregisterRequest",
-    "inference.SystemSharedMemoryUnregisterResponse",
-    "inference.CudaSharedMemoryStatusRequest",
-    "inference.CudaSharedMemoryStatusResponse",
-    "inference.CudaSharedMemoryRegisterRequest",
-    "inference.CudaSharedMemoryRegisterResponse",
-    "inference.CudaSharedMemoryUnregisterRequest",
-    "inference.CudaSharedMemoryUnregisterResponse",
+    # grpc_service.proto: trace and log extensions.
     "inference.TraceSettingRequest",
     "inference.TraceSettingResponse",
     "inference.LogSettingsRequest",
@@ -75,12 +63,6 @@ OMITTED_FIELDS = {
     ("inference.ModelConfig", "ensemble_scheduling"): 15,
 }
 OMITTED_RPCS = {
-    "SystemSharedMemoryStatus",
-    "SystemSharedMemoryRegister",
-    "SystemSharedMemoryUnregister",
-    "CudaSharedMemoryStatus",
-    "CudaSharedMemoryRegister",
-    "CudaSharedMemoryUnregister",
     "TraceSetting",
     "LogSettings",
 }
@@ -97,6 +79,12 @@ EXPECTED_RPCS = [
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
+    "SystemSharedMemoryStatus",
+    "SystemSharedMemoryRegister",
+    "SystemSharedMemoryUnregister",
+    "CudaSharedMemoryStatus",
+    "CudaSharedMemoryRegister",
+    "CudaSharedMemoryUnregister",
 ]
 
 MNIST_PBTXT = """
