@@ -178,8 +178,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON header and the binary tail, trusting the header length only if it fits."""
     if header_length is None:
         return body, memoryview(b"")
-    # ASCII digits only: int() would also take "1_0", " 10 " and non-ASCII digits.
-    if not (header_length.isascii() and header_length.isdigit()):
+    # ASCII digits only: int() would also take "1_0", " 10 " and non-ASCII digits (and
+    # refuses over 4,300 digits with a ValueError of its own).
+    if not (header_length.isascii() and header_length.isdigit() and len(header_length) < 20):
         raise InvalidInputError(f"Inference-Header-Content-Length {header_length[:40]!r} is "
                                 "not a byte count")
     length = int(header_length)

@@ -256,3 +256,19 @@ def test_expect_100_continue_invites_the_body_or_refuses_it_first(limited):
     assert status == 413 and "--max-message-bytes" in message
     status, _, data = call(limited.http_port, "HEAD", "/v2/health/live")
     assert (status, data) == (200, b"")
+
+
+@pytest.mark.parametrize("name", [b"Inference-Header-Content-Length", b"Content-Encoding",
+                                  b"Expect", b"Content-Type", b"X-Anything"])
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"caf\xc3\xa9", b"\x7f", b"1" * 8000,
+                                   b"\xd9\xa1\xd9\xa0"])  # the last: Arabic-Indic "10"
+def test_odd_bytes_in_the_headers_we_read_are_json_4xx_or_ignored(limited, name, value):
+    body = json.dumps(image_infer_body(np.zeros((1, 28, 28, 1)))).encode()
+    head = (b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n" + name + b": " + value + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", limited.http_port)) as sock:
+        sock.sendall(head + body)
+        status, headers, data = _answer(sock)
+    assert status == 200 or (400 <= status < 500 and json.loads(data)["error"]), data[:200]
+    if name == b"X-Anything" and value != b"\x7f":  # DEL is no header byte (RFC 9110)
+        assert status == 200

@@ -74,7 +74,8 @@ def test_json_that_is_not_standard_is_refused(body, expected):
         codec.decode_infer(body, None)
 
 
-@pytest.mark.parametrize("length", ["1_0", " 10", "+10", "\u0661\u0660", "10.0", "0x10"])
+@pytest.mark.parametrize("length", ["1_0", " 10", "+10", "\u0661\u0660", "10.0", "0x10",
+                                    "1" * 8000])
 def test_the_header_length_takes_ascii_digits_only(length):
     body = b'{"inputs": []}' + b"\0" * 16
     with pytest.raises(InvalidInputError, match="is not a byte count"):
