@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -181,6 +182,8 @@ async def drain_and_stop(running: RunningServer) -> None:
 
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then drain."""
+    if config.worker_index < 0:  # workers share ports their supervisor bound
+        check_ports_free(config)
     metrics = None
     if config.metrics_enabled:
         from server.observability.metrics import ServerMetrics
@@ -225,6 +228,30 @@ async def serve(config: ServerConfig) -> None:
         await rest.stop()
     if metrics is not None:
         metrics.stop_http()
+
+
+def check_ports_free(config: ServerConfig) -> None:
+    """Each public port can be bound, or one StartupError line naming the flag and the
+    Makefile variable, before a library tries and logs an error line of its own."""
+    wanted = [("gRPC", config.grpc_host, config.grpc_port, "--grpc-port", "GRPC_PORT")]
+    if config.http_enabled:
+        wanted.append(("REST", config.http_host, config.http_port, "--http-port", "HTTP_PORT"))
+    if config.metrics_enabled:
+        wanted.append(("/metrics", config.metrics_host, config.metrics_port, "--metrics-port",
+                       "METRICS_PORT"))
+    for what, host, port, flag, variable in wanted:
+        if port == 0:
+            continue
+        try:
+            family, _, _, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+                probe.bind(address)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for {what} on {host}:{port}: "
+                               f"{exc.strerror or exc}; pick another port with {flag} "
+                               f"(make serve {variable}=...; 0 = any free port)") from None
 
 
 def raise_fd_limit() -> None:

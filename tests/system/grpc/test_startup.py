@@ -37,3 +37,8 @@ def test_a_port_in_use_is_one_clear_line(models_dir, busy_port, flag):
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1, output
     assert f"127.0.0.1:{busy_port}" in errors[0] and flag in errors[0], errors[0]
+    # Nothing else but progress: no library's own bind error line before ours.
+    others = [line for line in output.splitlines() if line.strip() and " INFO " not in line]
+    assert others == errors, output
+    variable = flag[2:].replace("-", "_").upper()
+    assert f"make serve {variable}=" in errors[0], errors[0]
