@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 
 from server import __version__
-from server.core.errors import InternalError, ModelNotFoundError, ServingError
+from server.core.errors import (InternalError, ModelNotFoundError, ModelNotReadyError,
+                                ServingError)
 from server.core.lifecycle import Lifecycle
 from server.core.model import ModelVersion
 from server.core.repository import ModelRepository
@@ -119,6 +120,15 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str) -> bool:
         return not self.lifecycle.draining and self.repository.is_ready(name, version)
+
+    def known_model_ready(self, name: str, version: str) -> bool:
+        """``model_ready`` for a model (and version) the repository knows; an unknown one
+        raises ModelNotFoundError, as every other model endpoint does (REST: 404)."""
+        try:
+            self.repository.get(name, version)
+        except ModelNotReadyError:
+            return False
+        return not self.lifecycle.draining
 
     @staticmethod
     def server_metadata() -> tuple[str, str, tuple[str, ...]]:

@@ -135,7 +135,7 @@ class RestApi:
     async def _model_get(self, name: str, version: str, action: str | None) -> Reply:
         plane = self.dataplane
         if action == "ready":
-            ready = plane.model_ready(name, version)
+            ready = plane.known_model_ready(name, version)
             return json_reply({"name": name, "ready": ready}, 200 if ready else 503)
         if action == "stats":
             return json_reply(to_json(await plane.statistics(name, version), defaults=True))
