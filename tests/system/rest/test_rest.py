@@ -48,7 +48,7 @@ def test_health_and_metadata_match_grpc(server, grpc_stub):
                                      "shape": [-1, 10]}
     assert call_json(port, "GET", "/v2/models/mnist/ready") == (
         200, {"name": "mnist", "ready": True})
-    assert call_json(port, "GET", "/v2/models/mnist/versions/7/ready")[0] == 503
+    assert call_json(port, "GET", "/v2/models/mnist/versions/7/ready")[0] == 404  # unknown version
     status, config = call_json(port, "GET", "/v2/models/sentiment/config")
     assert status == 200 and config["max_batch_size"] == 64
     assert config["input"][0] == {"name": "text", "data_type": "TYPE_STRING", "dims": [1]}
