@@ -113,21 +113,24 @@ class Coordinator:
                 return
             outcome = LoadOutcome(time.monotonic())
             try:
-                await self._load_everywhere(name)
+                plan = await self._repo.plan(name)
             except (ModelNotFoundError, RepositoryError):
-                outcome = None  # a bad name leaves no state (a typo storm builds nothing)
+                raise  # a bad name leaves no state (and a typo storm builds nothing)
+            except ServingError as exc:  # a broken config: nothing was built
+                outcome.error = (type(exc).__name__, str(exc))
+                self._record(name, outcome)
                 raise
+            try:
+                await self._load_everywhere(name, plan)
             except ServingError as exc:
                 outcome.error = (type(exc).__name__, str(exc))
                 raise
             finally:
-                if outcome is not None:
-                    self._record(name, outcome)
-                    await self._check_everywhere(f"the load of model {name}")
+                self._record(name, outcome)
+                await self._check_everywhere(f"the load of model {name}")
 
-    async def _load_everywhere(self, name: str) -> None:
+    async def _load_everywhere(self, name: str, plan: LoadPlan) -> None:
         """Prepare the plan on every worker; commit everywhere only if all prepared."""
-        plan = await self._repo.plan(name)
         token = uuid.uuid4().hex
         request = pb.RepositoryModelLoadRequest(model_name=name)
         request.parameters[PLAN_PARAMETER].string_param = plan.dumps()
