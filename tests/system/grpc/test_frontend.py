@@ -41,7 +41,6 @@ def test_undecodable_and_unknown_calls_get_the_same_answers_on_both_faces(server
         "ServerReady": (grpc.StatusCode.UNKNOWN,
                         "Unexpected <class 'google.protobuf.message.DecodeError'>: Error "
                         "parsing message with type 'inference.ServerReadyRequest'"),
-        "CudaSharedMemoryStatus": (grpc.StatusCode.UNIMPLEMENTED, "Method not found!"),
         "NoSuchMethod": (grpc.StatusCode.UNIMPLEMENTED, "Method not found!"),
     }
     bodies = {"ModelMetadata": b"\xff\xff\xff", "ServerReady": b"\x0a\x05"}
