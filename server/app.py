@@ -68,7 +68,8 @@ class RunningServer:
 async def build_server(config: ServerConfig, observer=None) -> RunningServer:
     options = RuntimeOptions(intra_op_threads=config.intra_op_threads,
                              spinning=config.ort_spinning, use_gpu=config.use_gpu)
-    drift = (DriftService(DriftOptions(config.drift_window_rows, config.drift_window_s))
+    drift = (DriftService(DriftOptions(config.drift_window_rows, config.drift_window_s,
+                                       config.drift_max_rows_per_s))
              if config.drift_enabled else None)
     repository = ModelRepository(config.model_repository, options, config.drain_timeout_s,
                                  require_models=config.model_control_mode != "explicit",

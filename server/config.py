@@ -77,6 +77,7 @@ class ServerConfig:
     drift_enabled: bool = True
     drift_window_rows: int = 10_000
     drift_window_s: float = 600.0
+    drift_max_rows_per_s: float = 2000.0  # per version; above it, a sample (0 = every row)
     # Triton's response cache: bytes of answers held, least recently used out first; only
     # models with response_cache { enable: true } use it. 0 = off. Per worker process.
     response_cache_bytes: int = 0
@@ -151,6 +152,9 @@ class ServerConfig:
                              f"proportions), got {self.drift_window_rows!r}")
         if self.drift_window_s <= 0:
             raise ValueError(f"drift_window_s must be > 0, got {self.drift_window_s!r}")
+        if self.drift_max_rows_per_s < 0:
+            raise ValueError("drift_max_rows_per_s must be >= 0 (0 = every row), got "
+                             f"{self.drift_max_rows_per_s!r}")
         if self.response_cache_bytes < 0:
             raise ValueError("response_cache_bytes must be >= 0 (0 = no cache), got "
                              f"{self.response_cache_bytes!r}")
@@ -227,6 +231,8 @@ _OPTIONS: tuple[tuple[str, object, str], ...] = (
     ("drift_enabled", _bool, "measure drift against each model version's reference.json"),
     ("drift_window_rows", int, "drift window: about the last this many rows per version"),
     ("drift_window_s", float, "drift window: rows older than this many seconds age out"),
+    ("drift_max_rows_per_s", float, "rows a second per version that drift measures; above "
+     "it, a sample of the batches (0 = every row)"),
     ("response_cache_bytes", int, "response cache size in bytes for models with "
      "response_cache { enable: true } (0 = off; per worker)"),
     ("tls_cert_file", Path, "PEM certificate chain: serve gRPC over TLS"),

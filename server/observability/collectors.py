@@ -48,9 +48,12 @@ class DriftCollector:
                                  labels=labels)
         measured = CounterMetricFamily(f"{PREFIX}_drift_rows", "Rows measured for drift "
                                        "since the version loaded", labels=labels)
-        skipped = CounterMetricFamily(f"{PREFIX}_drift_skipped_rows", "Rows not measured "
-                                      "because the drift thread was behind (sampling)",
-                                      labels=labels)
+        unsampled = CounterMetricFamily(f"{PREFIX}_drift_unsampled_rows", "Rows served but "
+                                        "not measured: above 2,000 rows/s per version drift "
+                                        "measures a sample", labels=labels)
+        failures = CounterMetricFamily(f"{PREFIX}_drift_failures", "Batches that could not "
+                                       "be measured for drift (the first is logged)",
+                                       labels=labels)
         live = GaugeMetricFamily(f"{PREFIX}_drift_window_count", "Rows of the drift window "
                                  "in each bin of a signal (bin = its upper edge)",
                                  labels=labels + ["signal", "bin"])
@@ -62,13 +65,14 @@ class DriftCollector:
             key = [version.name, str(version.version)]
             rows.add_metric(key, snapshot.rows)
             measured.add_metric(key, snapshot.measured_rows)
-            skipped.add_metric(key, snapshot.skipped_rows)
+            unsampled.add_metric(key, snapshot.unsampled_rows)
+            failures.add_metric(key, snapshot.failures)
             for signal in snapshot.signals:
                 psi.add_metric(key + [signal.name], signal.psi)
                 for edge, share, expected in zip(_bins(signal.edges), signal.live, signal.reference):
                     live.add_metric(key + [signal.name, edge], round(share * snapshot.rows))
                     reference.add_metric(key + [signal.name, edge], expected)
-        return [psi, rows, measured, skipped, live, reference]
+        return [psi, rows, measured, unsampled, failures, live, reference]
 
 
 class CacheCollector:

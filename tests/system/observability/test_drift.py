@@ -39,7 +39,8 @@ FOREIGN = [  # German, French and Spanish film talk: few words any English vocab
 
 @pytest.fixture(scope="module")
 def drifting(models_dir):
-    proc = ServerProcess(models_dir, "--drift-window-rows", str(WINDOW_ROWS))
+    proc = ServerProcess(models_dir, "--drift-window-rows", str(WINDOW_ROWS),
+                         "--drift-max-rows-per-s", "0")  # every row: the test counts them
     yield proc
     proc.stop()
 

@@ -10,7 +10,7 @@ import pytest
 
 from server.core.drift import (SCHEMA, ReferenceError, SignalSpec, build_reference,
                                default_signals, psi, read_reference, reference_signal)
-from server.core.drift_window import MAX_PENDING_ROWS, DriftMonitor, DriftOptions, DriftWindow
+from server.core.drift_window import DriftMonitor, DriftOptions, DriftWindow
 
 
 def test_psi_matches_a_hand_computed_example():
@@ -60,15 +60,16 @@ def _reference(tmp_path, images):
 def test_same_population_stays_low_and_a_shift_rises(tmp_path):
     rng = np.random.default_rng(1)
     signals = _reference(tmp_path, rng.random((2000, 4, 4, 1), np.float32))
-    monitor = DriftMonitor("m:1", signals, DriftOptions(window_rows=1000, window_s=600))
+    monitor = DriftMonitor("m:1", signals, DriftOptions(window_rows=1000, window_s=600,
+                                                         max_rows_per_s=0))
     for feeds, outputs in _batches(rng.random((1000, 4, 4, 1), np.float32)):
         monitor.offer(feeds, outputs, len(feeds["image"]))
-    monitor.drain(now=1.0)
+    monitor.drain()
     same = {s.name: s.psi for s in monitor.snapshot().signals}
     assert monitor.snapshot().rows == 1000 and max(same.values()) < 0.1, same
     for feeds, outputs in _batches(rng.random((1000, 4, 4, 1), np.float32) ** 3):
         monitor.offer(feeds, outputs, len(feeds["image"]))
-    monitor.drain(now=2.0)
+    monitor.drain()
     shifted = {s.name: s.psi for s in monitor.snapshot().signals}
     assert monitor.snapshot().rows == 1000  # the first thousand rows aged out
     assert shifted["image_mean"] > 0.2 and shifted["confidence"] > 0.2, shifted
@@ -87,15 +88,22 @@ def test_window_ages_out_by_rows_and_by_time(tmp_path):
     assert window.rows == 0 and all(t.sum() == 0 for t in window.totals)
 
 
-def test_a_slow_drift_thread_skips_rows_instead_of_holding_memory(tmp_path):
+def test_a_batch_that_cannot_be_measured_is_counted_not_raised(tmp_path):
     signals = _reference(tmp_path, np.random.default_rng(3).random((500, 2, 2, 1), np.float32))
     monitor = DriftMonitor("m:1", signals, DriftOptions())
-    feeds, outputs = next(_batches(np.zeros((64, 2, 2, 1), np.float32), 64))
-    for _ in range(MAX_PENDING_ROWS // 64 + 10):
-        monitor.offer(feeds, outputs, 64)
-    assert monitor.skipped_rows == 10 * 64
-    monitor.drain(now=1.0)
-    assert monitor.snapshot().rows == MAX_PENDING_ROWS
+    monitor.offer({"other": np.zeros((2, 2))}, {"probabilities": np.zeros((2, 2))}, 2)
+    snapshot = monitor.snapshot()
+    assert (snapshot.failures, snapshot.rows, snapshot.measured_rows) == (1, 0, 0)
+
+
+def test_above_the_rate_cap_batches_are_sampled(tmp_path):
+    signals = _reference(tmp_path, np.random.default_rng(4).random((500, 2, 2, 1), np.float32))
+    monitor = DriftMonitor("m:1", signals, DriftOptions(max_rows_per_s=1.0))  # a row a second
+    feeds, outputs = next(_batches(np.zeros((10, 2, 2, 1), np.float32), 10))
+    for _ in range(5):  # back to back: the first is measured, it buys 10 s of quiet
+        monitor.offer(feeds, outputs, 10)
+    snapshot = monitor.snapshot()
+    assert (snapshot.measured_rows, snapshot.unsampled_rows) == (10, 40)
 
 
 @pytest.mark.parametrize("document, message", [
