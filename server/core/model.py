@@ -15,9 +15,10 @@ import numpy as np
 from server.core.batcher import BatchTimes, Completed, DynamicBatcher
 from server.core.datatypes import NUMPY_TO_V2
 from server.core.errors import InvalidInputError, ModelLoadError, ServingError
+from server.core.graph_checks import check_against_onnx, check_outputs, warmup_feeds
 from server.core.model_config import ModelSpec, TensorSpec
 from server.core.preprocess import TEXT_PREPROCESSOR, TextPreprocessor, build_text_preprocessor
-from server.core.runtime import OnnxSession, OrtTensor, RuntimeOptions, error_summary
+from server.core.runtime import OnnxSession, RuntimeOptions, error_summary
 from server.core.stats import ModelStats
 
 log = logging.getLogger("server.core.model")
@@ -60,7 +61,7 @@ class ModelVersion:
                 self.preprocessor = build_text_preprocessor(
                     spec.parameters, version_dir, spec.inputs[0].name, self._ort_inputs,
                     self.label)
-            self._check_against_onnx()
+            check_against_onnx(self.label, spec, self.session, self.preprocessor)
         except BaseException:
             self.session.close()  # a refused model frees its session now
             raise
@@ -83,65 +84,6 @@ class ModelVersion:
         self.load_seconds = time.monotonic() - started
 
     # ---- loading ----------------------------------------------------------------------
-    def _check_against_onnx(self) -> None:
-        """The config must describe the ONNX graph it ships with: names, types, dims."""
-        ort_inputs = {t.name: t for t in self.session.inputs}
-        ort_outputs = {t.name: t for t in self.session.outputs}
-        fed = {self.preprocessor.output_name} if self.preprocessor else {
-            t.name for t in self.spec.inputs}
-        for tensor in () if self.preprocessor else self.spec.inputs:
-            self._check_tensor(tensor, ort_inputs, "input")
-        for tensor in self.spec.outputs:
-            self._check_tensor(tensor, ort_outputs, "output")
-        if self.preprocessor is not None:
-            self._check_token_input(ort_inputs[self.preprocessor.output_name])
-        missing = set(self._ort_inputs) - fed
-        if missing:
-            raise ModelLoadError(f"{self.label}: the ONNX graph also needs inputs "
-                                 f"{sorted(missing)} that config.pbtxt does not provide")
-
-    def _check_tensor(self, tensor: TensorSpec, onnx: dict[str, OrtTensor], kind: str) -> None:
-        if tensor.name not in onnx:
-            raise ModelLoadError(f"{self.label}: config {kind} {tensor.name!r} is not in the "
-                                 f"ONNX graph, whose {kind}s are {sorted(onnx)}")
-        graph = onnx[tensor.name]
-        if graph.datatype != tensor.datatype:
-            raise ModelLoadError(f"{self.label}: config {kind} {tensor.name!r} is "
-                                 f"{tensor.datatype} but the ONNX graph has {graph.datatype}")
-        problem = _graph_mismatch(self._served_shape(tensor.dims), graph.shape)
-        if problem:
-            raise ModelLoadError(
-                f"{self.label}: config {kind} {tensor.name!r} has dims {list(tensor.dims)}, "
-                f"served as {self._served_shape(tensor.dims)} (-1 = any size), but the ONNX "
-                f"graph's {kind} is {_graph_shape(graph.shape)}: {problem}")
-        self._check_batch_dim(graph, kind)
-
-    def _check_token_input(self, graph: OrtTensor) -> None:
-        """Text models: the ONNX graph must take what the tokenizer feeds, [rows, bucket]."""
-        for (bucket,) in self.preprocessor.warmup_shapes():
-            problem = _graph_mismatch([-1, bucket], graph.shape)
-            if problem:
-                raise ModelLoadError(
-                    f"{self.label}: the tokenizer feeds ONNX input {graph.name!r} token ids "
-                    f"of shape [rows, {bucket}], but the graph's input is "
-                    f"{_graph_shape(graph.shape)}: {problem}")
-        self._check_batch_dim(graph, "input")
-
-    def _check_batch_dim(self, graph: OrtTensor, kind: str) -> None:
-        """A batching model needs a free first dimension: batches have 1..max rows."""
-        if not self.spec.max_batch_size or not graph.shape:
-            return
-        first = graph.shape[0]
-        if _static(first) and not first == self.spec.max_batch_size == 1:
-            raise ModelLoadError(
-                f"{self.label}: ONNX {kind} {graph.name!r} fixes its first (batch) "
-                f"dimension at {first}, but max_batch_size {self.spec.max_batch_size} "
-                "sends batches of 1..max_batch_size rows; export the model with a dynamic "
-                "batch dimension, or set max_batch_size 0 and list the full shape in dims")
-
-    def _served_shape(self, dims: tuple[int, ...]) -> list[int]:
-        return ([-1] if self.spec.max_batch_size else []) + list(dims)
-
     async def start(self) -> None:
         """Warm every shape it will run, then start batching (before it reports ready)."""
         await asyncio.get_running_loop().run_in_executor(None, self.warmup)
@@ -153,43 +95,14 @@ class ModelVersion:
         A graph whose outputs disagree with config.pbtxt would otherwise answer every
         request with wrongly shaped tensors; here it fails the load instead.
         """
-        for rows, feeds in self._warmup_feeds():
+        for rows, feeds in warmup_feeds(self.spec, self.session, self.preprocessor):
             try:
                 outputs = self._run(feeds)
             except Exception as exc:  # ORT's own exception types: a load failure
                 raise ModelLoadError(f"{self.label}: the warm-up run with a batch of "
                                      f"{rows} rows failed in ONNX Runtime: "
                                      f"{error_summary(exc)}") from None
-            self._check_outputs(rows, outputs)
-
-    def _check_outputs(self, rows: int, outputs: dict[str, np.ndarray]) -> None:
-        for tensor in self.spec.outputs:
-            value = outputs[tensor.name]
-            expected = ([rows] if self.spec.max_batch_size else []) + list(tensor.dims)
-            if value.dtype != tensor.numpy_dtype or _shape_mismatch(expected, value.shape):
-                got = NUMPY_TO_V2.get(value.dtype, str(value.dtype))
-                raise ModelLoadError(
-                    f"{self.label}: the warm-up run with a batch of {rows} rows returned "
-                    f"output {tensor.name!r} as {got} {list(value.shape)}, but config.pbtxt "
-                    f"says {tensor.datatype} {expected} (-1 = any size)")
-
-    def _warmup_feeds(self):
-        """(rows, feeds) of every shape the model will run; rows 0 = no batch dimension."""
-        sizes = ([0] if self.spec.max_batch_size == 0
-                 else range(self.spec.max_batch_size, 0, -1))
-        if self.preprocessor is not None:
-            # Every bucket at powers of two and the maximum: enough for ORT to size its
-            # arenas without hundreds of long BiLSTM runs at start-up.
-            sizes = [s for s in sizes if s & (s - 1) == 0 or s == self.spec.max_batch_size]
-            for shape in self.preprocessor.warmup_shapes():
-                for size in sizes:
-                    yield max(size, 1), {self.preprocessor.output_name:
-                                         np.zeros((max(size, 1), *shape),
-                                                  self.preprocessor.dtype)}
-            return
-        graph = {t.name: t.shape for t in self.session.inputs}
-        for size in sizes:
-            yield size, {t.name: _zeros(t, size, graph[t.name]) for t in self.spec.inputs}
+            check_outputs(self.label, self.spec, rows, outputs)
 
     async def close(self, drain_timeout_s: float) -> None:
         """Drain, then free the session and threads at once (not at the next cyclic GC)."""
@@ -394,44 +307,3 @@ def _abandon(futures: list[asyncio.Future]) -> None:
             future.cancel()
         elif not future.cancelled():
             future.exception()
-
-
-def _zeros(tensor: TensorSpec, batch: int, graph_shape: tuple = ()) -> np.ndarray:
-    """Warm-up input; a -1 dim takes the graph's static size there, else 1."""
-    below_batch = graph_shape[1:] if batch else graph_shape
-    if len(below_batch) != len(tensor.dims):
-        below_batch = (None,) * len(tensor.dims)
-    dims = tuple(d if d != -1 else (g if _static(g) and g > 0 else 1)
-                 for d, g in zip(tensor.dims, below_batch))
-    shape = ((batch,) if batch else ()) + dims
-    if tensor.datatype == "BYTES":
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, tensor.numpy_dtype)
-
-
-def _static(dim) -> bool:
-    """A fixed graph dimension; ORT reports free ones as names, None or -1."""
-    return isinstance(dim, int) and dim >= 0
-
-
-def _graph_shape(shape: tuple) -> str:
-    return "[" + ", ".join(str(d) if _static(d) else repr(d) for d in shape) + "]"
-
-
-def _graph_mismatch(expected: list[int], graph_shape: tuple) -> str:
-    """Why a graph tensor's shape cannot take ``expected`` (-1 = any); "" if it can.
-
-    ORT reports a tensor of unknown rank as [], which leaves the check to the warm-up
-    run: it sees the real outputs.
-    """
-    return _shape_mismatch(expected, graph_shape) if graph_shape else ""
-
-
-def _shape_mismatch(expected: list[int], shape: tuple) -> str:
-    """Why ``shape`` does not fit ``expected`` (-1, or a free dim in ``shape``, = any)."""
-    if len(shape) != len(expected):
-        return f"{len(expected)} dimensions against {len(shape)}"
-    for index, (want, have) in enumerate(zip(expected, shape)):
-        if want != -1 and _static(have) and want != have:
-            return f"dimension {index} is {want} against {have}"
-    return ""
