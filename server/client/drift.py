@@ -11,6 +11,9 @@ from server.client.api import ClientError
 
 DEFAULT_METRICS_URL = "http://localhost:8002/metrics"
 SHIFTED_PSI = 0.2
+# Fewer rows than this in a window say nothing yet: a handful of rows cannot fill ten bins
+# (the alert rule waits for 1,000).
+MIN_ROWS = 200
 
 
 @dataclass
@@ -22,7 +25,9 @@ class VersionDrift:
 
     @property
     def shifted(self) -> list[str]:
-        return [name for name, value in self.psi.items() if value > SHIFTED_PSI] if self.rows else []
+        if self.rows < MIN_ROWS:
+            return []
+        return [name for name, value in self.psi.items() if value > SHIFTED_PSI]
 
 
 def read_drift(metrics_url: str = DEFAULT_METRICS_URL, timeout_s: float = 10.0) -> list[VersionDrift]:
@@ -59,6 +64,7 @@ def drift_lines(versions: list[VersionDrift], model: str | None = None) -> list[
     for v in chosen:
         signals = "   ".join(f"{name} {value:.3f}" for name, value in v.psi.items())
         verdict = ("no traffic yet" if not v.rows else
+                   f"too few rows to judge (under {MIN_ROWS})" if v.rows < MIN_ROWS else
                    f"SHIFTED: {', '.join(v.shifted)}" if v.shifted else "as trained")
         lines.append(f"{v.model} v{v.version}  {v.rows} rows   {signals}   {verdict}")
     return lines

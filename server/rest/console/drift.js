@@ -4,6 +4,7 @@
 
 const DRIFT_REFRESH_MS = 5000;
 const DRIFT_SHIFTED = 0.2;  // PSI above this reads as a shifted population
+const DRIFT_MIN_ROWS = 200;  // fewer rows cannot fill ten bins: no verdict yet
 
 // A panel section that keeps itself current; empty for a model without a reference.
 function driftView(meta) {
@@ -26,10 +27,12 @@ function renderDrift(section, drift) {
   section.hidden = false;
   section.classList.remove("stale");
   const worst = Math.max(0, ...drift.signals.map(s => s.psi));
+  const judged = drift.rows >= DRIFT_MIN_ROWS;
   const state = drift.rows === 0 ? "no traffic yet"
+    : !judged ? `${drift.rows} rows: too few to judge (under ${DRIFT_MIN_ROWS})`
     : worst > DRIFT_SHIFTED ? `shifted (PSI ${worst.toFixed(2)})` : `as trained (PSI ≤ ${worst.toFixed(2)})`;
   const summary = el("summary", {}, "drift vs training reference: ",
-                     el("span", {class: worst > DRIFT_SHIFTED && drift.rows ? "shifted" : "steady"}, state));
+                     el("span", {class: worst > DRIFT_SHIFTED && judged ? "shifted" : "steady"}, state));
   const rows = drift.signals.map(signal => el("tr", {"data-signal": signal.name},
     el("td", {}, signal.name),
     el("td", {class: "num psi"}, drift.rows ? signal.psi.toFixed(3) : "–"),

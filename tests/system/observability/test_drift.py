@@ -45,14 +45,14 @@ def drifting(models_dir):
     proc.stop()
 
 
-def _drift(proc, model: str, sent_rows: int) -> dict[str, float]:
+def _drift(proc, model: str, sent_rows: int, window_rows: int = WINDOW_ROWS) -> dict[str, float]:
     """PSI per signal once the drift thread has measured ``sent_rows`` rows of ``model``."""
     measured = lambda: metric(scrape(proc.metrics_port), "onnxserve_drift_rows_total",
                               model=model, version="1")
     assert wait_until(lambda: measured() >= sent_rows, timeout_s=120, interval_s=0.2), \
         f"{model}: drift measured {measured()} of {sent_rows} rows"
     samples = scrape(proc.metrics_port)
-    assert metric(samples, "onnxserve_drift_window_rows", model=model) >= WINDOW_ROWS
+    assert metric(samples, "onnxserve_drift_window_rows", model=model) >= window_rows
     return {dict(labels)["signal"]: value for (name, labels), value in samples.items()
             if name == "onnxserve_drift_psi" and dict(labels)["model"] == model}
 
@@ -142,3 +142,19 @@ def test_the_console_shows_which_signal_shifted(drifting, browser):  # noqa: F81
     assert len(page.query_selector_all(f"{section} tr[data-signal=image_mean] .bin.live")) == 10
     assert not page.problems, page.problems
     page.close()
+
+
+def test_a_handful_of_rows_is_no_verdict(tmp_path, models_dir):
+    proc = ServerProcess(models_dir, "--drift-max-rows-per-s", "0")
+    try:
+        images, _ = mnist_images(5)
+        with connect(proc.address) as conn:
+            conn.infer(image_request("mnist", 1.0 - images))  # 5 inverted rows
+        _drift(proc, "mnist", 5, window_rows=0)
+        cli = subprocess.run([sys.executable, "-m", "server.client", "drift", "mnist",
+                              "--metrics-url", f"http://127.0.0.1:{proc.metrics_port}/metrics"],
+                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert cli.returncode == 0, cli.stderr
+        assert "too few rows to judge" in cli.stdout and "SHIFTED" not in cli.stdout
+    finally:
+        proc.stop()
