@@ -86,7 +86,7 @@ class Signal:
     proportions: np.ndarray
 
     def values(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
-        return STATS[self.stat]((feeds if self.of == "input" else outputs)[self.tensor])
+        return signal_values(self, feeds, outputs)
 
     def counts(self, values: np.ndarray) -> np.ndarray:
         bins = np.searchsorted(self.edges, values, side="left")
@@ -112,6 +112,11 @@ class SignalSpec:
     of: str
     tensor: str
     stat: str
+
+
+def signal_values(signal, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """One value per row of a batch for ``signal`` (a Signal or a SignalSpec)."""
+    return STATS[signal.stat]((feeds if signal.of == "input" else outputs)[signal.tensor])
 
 
 def default_signals(outputs: dict[str, int], inputs: dict[str, str],
@@ -163,8 +168,7 @@ def build_reference(model: str, version: int, specs: list[SignalSpec],
     rows = 0
     for feeds, outputs in batches:
         for spec in specs:
-            probe = Signal(spec.name, spec.of, spec.tensor, spec.stat, np.array([]), np.zeros(1))
-            values[spec.name].append(probe.values(feeds, outputs))
+            values[spec.name].append(signal_values(spec, feeds, outputs))
         rows += len(next(iter(outputs.values())))
     signals = [reference_signal(s, np.concatenate(values[s.name]) if values[s.name] else [])
                for s in specs]

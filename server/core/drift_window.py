@@ -132,11 +132,6 @@ class DriftMonitor:
             self.window.expire(now)
         self._chunk_started = now
 
-    def drain(self, now: float | None = None) -> None:
-        """Close the current chunk now (a scrape wants what has been measured so far)."""
-        with self._lock:
-            self._close_chunk(time.monotonic() if now is None else now)
-
     def snapshot(self) -> DriftSnapshot:
         with self._lock:
             self._close_chunk(time.monotonic())
@@ -176,6 +171,3 @@ class DriftService:
                         "does not have", label, unknown)
             return None
         return DriftMonitor(label, signals, self.options)
-
-    def stop(self) -> None:
-        """Nothing runs on its own (kept for the repository's close)."""

@@ -315,8 +315,6 @@ class ModelRepository(Routing):
             entry.state, entry.reason = UNAVAILABLE, "server shutting down"
         if self._retired:
             await asyncio.gather(*self._retired, return_exceptions=True)
-        if self.drift is not None:
-            self.drift.stop()
         self.shadows.stop()
 
     async def poll(self, load=None, unload=None) -> None:

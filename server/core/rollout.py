@@ -26,6 +26,7 @@ import logging
 import random
 import threading
 from bisect import bisect_left
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,7 +131,7 @@ class ShadowRunner:
     """The one thread that runs sampled batches on candidates, one at a time."""
 
     def __init__(self):
-        self._pending: list[tuple[ShadowLink, dict, np.ndarray, int]] = []
+        self._pending: deque[tuple[ShadowLink, dict, np.ndarray, int]] = deque()
         self._pending_rows = 0
         self._wake = threading.Event()
         self._stop = False
@@ -152,7 +153,7 @@ class ShadowRunner:
             self._wake.wait()
             self._wake.clear()
             while self._pending and not self._stop:
-                link, feeds, primary, rows = self._pending.pop(0)
+                link, feeds, primary, rows = self._pending.popleft()
                 self._pending_rows -= rows
                 try:
                     shadow = link.candidate.session.run(feeds)[link.output]

@@ -17,7 +17,7 @@ import numpy as np
 from server.core.datatypes import V2_TO_NUMPY
 from server.core.errors import InvalidInputError
 from server.core.shm import SharedMemoryRegistry
-from server.kserve.tensors import decode_bytes, encode_bytes
+from server.kserve.tensors import encode_bytes, from_raw
 
 REGION, OFFSET, BYTE_SIZE = ("shared_memory_region", "shared_memory_offset",
                              "shared_memory_byte_size")
@@ -74,9 +74,7 @@ def read_input(registry: SharedMemoryRegistry, name: str, datatype: str,
                shape: tuple[int, ...], count: int, ref: ShmRef) -> np.ndarray:
     """The input's data, copied out of its region (the region stays the client's)."""
     data = registry.hold(ref.region, ref.offset, ref.byte_size, f"input {name!r}").copy_out()
-    if datatype == "BYTES":
-        return decode_bytes(name, data, count).reshape(shape)
-    return np.frombuffer(data, dtype=V2_TO_NUMPY[datatype]).reshape(shape)
+    return from_raw(name, datatype, V2_TO_NUMPY[datatype], shape, count, data)
 
 
 def write_output(registry: SharedMemoryRegistry, name: str, array: np.ndarray,
