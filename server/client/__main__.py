@@ -25,6 +25,7 @@ import numpy as np
 from server.client.api import (DEFAULT_URL, ClientError, Connection, connect, image_request,
                                output_array, text_request)
 from server.client.drift import DEFAULT_METRICS_URL, drift_lines, read_drift
+from server.client.rollout import DEFAULT_HTTP_URL, read_rollout, rollout_lines
 
 TEXT_CHUNK = 32  # texts per request when reading many lines (below max_batch_size)
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("drift_model", nargs="?", metavar="MODEL", help="only this model")
     drift.add_argument("--metrics-url", default=DEFAULT_METRICS_URL,
                        help=f"the server's Prometheus endpoint (default {DEFAULT_METRICS_URL})")
+    rollout = commands.add_parser("rollout", help="a model's canary split, shadow agreement "
+                                                  "and latency per version (REST)")
+    rollout.add_argument("rollout_model", metavar="MODEL", help="the model")
+    rollout.add_argument("--http-url", default=DEFAULT_HTTP_URL,
+                         help=f"the server's REST address (default {DEFAULT_HTTP_URL})")
     return parser
 
 
@@ -119,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
         raise ClientError(f"--timeout must be > 0, got {args.timeout!r}")
     if args.command == "drift":  # Prometheus over HTTP, not gRPC
         for line in drift_lines(read_drift(args.metrics_url, args.timeout), args.drift_model):
+            print(line)
+        return 0
+    if args.command == "rollout":  # REST, not gRPC
+        for line in rollout_lines(*read_rollout(args.http_url, args.rollout_model,
+                                                 args.timeout)):
             print(line)
         return 0
     conn = connect(args.url, args.timeout, args.ca_file)

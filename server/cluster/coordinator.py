@@ -36,6 +36,7 @@ from server.core.errors import (InternalError, ModelNotFoundError, RepositoryErr
 from server.core.plans import LoadPlan
 from server.core.repository import ModelRepository, PreparedLoad
 from server.cluster.peers import Peers
+from server.cluster.reports import gather_reports
 from server.cluster.state import ClusterState, LoadOutcome
 from server.cluster.stats_merge import merge_statistics
 from server.cluster.sync import PREPARED_TTL_S, WorkerSync
@@ -95,15 +96,22 @@ class Coordinator:
                             peer_error(index, answer))
         return merge_statistics(responses)
 
-    async def load(self, name: str) -> None:
-        await _detached(self._load(name, time.monotonic()))
+    async def load(self, name: str, config: str | None = None) -> None:
+        await _detached(self._load(name, time.monotonic(), config))
 
     async def unload(self, name: str) -> None:
         await _detached(self._unload(name))
 
-    async def _load(self, name: str, arrived: float) -> None:
+    async def report(self, kind: str, name: str, version: str, mine: dict) -> dict:
+        """A report of dataplane.reports with every worker's counts (cluster.reports)."""
+        return await gather_reports(self.peers, kind, name, version, mine)
+
+    async def _load(self, name: str, arrived: float, config: str | None = None) -> None:
         files = self.sync.files
         async with files.locked(LOCK_TIMEOUT_S, f"load of model {name!r}"):
+            if config is not None:
+                await self._load_override(name, config)
+                return
             state = files.read()
             previous = state.loads.get(name) if state else None
             if previous is not None and previous.started > arrived:
@@ -128,6 +136,18 @@ class Coordinator:
             finally:
                 self._record(name, outcome)
                 await self._check_everywhere(f"the load of model {name}")
+
+    async def _load_override(self, name: str, config: str) -> None:
+        """A load with its own config (core.plans.plan_from_override): always built, its
+        outcome shared with no other load (each may send another config) and not
+        recorded for them; a bad config is the caller's error, refused before anything
+        is built. The plan (that config) becomes the cluster's state like any other, so
+        every worker, and one restarted later, serves it."""
+        plan = await self._repo.plan(name, config)
+        try:
+            await self._load_everywhere(name, plan)
+        finally:
+            await self._check_everywhere(f"the load of model {name}")
 
     async def _load_everywhere(self, name: str, plan: LoadPlan) -> None:
         """Prepare the plan on every worker; commit everywhere only if all prepared."""

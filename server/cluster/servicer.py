@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from server.cluster.coordinator import plan_of
 from server.cluster.peers import local_phase, token_of
+from server.cluster.reports import report_answer, report_kind
 from server.cluster.sync import PREPARED_TTL_S, WorkerSync
 from server.core.errors import (InvalidInputError, ModelNotReadyError, RepositoryError,
                                 ServingError)
@@ -43,6 +44,16 @@ class PeerServicer(InferenceServicer):
             return await super().ModelStatistics(request, context)
         try:
             return self.dataplane.statistics_here(request.name, request.version)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+
+    async def ModelConfig(self, request, context):
+        kind = report_kind(local_phase(context))
+        if kind is None:
+            return await super().ModelConfig(request, context)
+        try:  # a peer gathers a report (server.cluster.reports): this worker's counts
+            return report_answer(self.dataplane.report_here(kind, request.name,
+                                                            request.version))
         except ServingError as exc:
             return await self._fail(context, exc)
 

@@ -97,8 +97,10 @@ def read_model_config(model_dir: Path) -> ModelSpec:
     return spec_from_proto(proto, model_dir.name)
 
 
-def spec_from_proto(proto: model_config_pb2.ModelConfig, folder_name: str) -> ModelSpec:
-    where = f"model {folder_name!r} config.pbtxt"
+def spec_from_proto(proto: model_config_pb2.ModelConfig, folder_name: str,
+                    source: str = CONFIG_FILE) -> ModelSpec:
+    """``source`` names where the config came from in errors (a load's config override)."""
+    where = f"model {folder_name!r} {source}"
     if proto.name and proto.name != folder_name:
         raise ModelLoadError(f"{where}: name {proto.name!r} differs from its folder name "
                              f"{folder_name!r}")

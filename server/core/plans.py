@@ -12,11 +12,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 
-from server.core.errors import ModelLoadError
+from server.core.errors import InvalidInputError, ModelLoadError
 from server.core.model_config import ModelSpec, read_model_config, spec_from_proto
+from server.core.rollout import check_rollout_versions, rollout_spec
 from server.protocol import model_config_pb2
+
+OVERRIDE = "load config override"  # how errors name a config sent with a load
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,45 @@ def plan_from_disk(name: str, path: Path, inside, fingerprint: tuple = ()) -> Lo
     """The plan the files say now: config.pbtxt and the versions its policy selects.
     ``inside(name, path)`` refuses files that a symlink leads out of the repository."""
     spec = read_model_config(path)
+    chosen = _chosen_versions(name, path, spec, inside)
+    return LoadPlan(text_format.MessageToString(spec.proto), tuple(chosen), fingerprint)
+
+
+def plan_from_override(name: str, path: Path, inside, config_json: str,
+                       fingerprint: tuple = ()) -> LoadPlan:
+    """The plan of a load that sends its own config (Triton's ``config`` load parameter:
+    a ModelConfig as JSON), which replaces config.pbtxt for this load only; the versions
+    come from the folder as its version policy selects them. Checked as a config file
+    is, plus the rollout against those versions, before anything is built: every
+    refusal is the caller's to fix (InvalidInputError, quoting the bad value)."""
+    proto = parse_override(name, config_json)
+    try:
+        spec = spec_from_proto(proto, name, OVERRIDE)
+        chosen = _chosen_versions(name, path, spec, inside)
+        where = f"model {name!r} {OVERRIDE}"
+        rollout = rollout_spec(spec.parameters, where)
+        if rollout is not None:
+            check_rollout_versions(rollout, chosen, where)
+    except ModelLoadError as exc:
+        message = str(exc)
+        raise InvalidInputError(message if OVERRIDE in message else
+                                f"{OVERRIDE}: {message}") from None
+    return LoadPlan(text_format.MessageToString(spec.proto), tuple(chosen), fingerprint)
+
+
+def parse_override(name: str, config_json: str) -> model_config_pb2.ModelConfig:
+    """A ModelConfig from its JSON form (protobuf's JSON mapping, as Triton reads it);
+    unknown fields are refused, not ignored: a typo must not load the files' value."""
+    try:
+        return json_format.Parse(config_json, model_config_pb2.ModelConfig())
+    except json_format.ParseError as exc:
+        # protobuf lists every field of ModelConfig after an unknown one: keep the point.
+        reason = str(exc).split(" Available Fields")[0]
+        raise InvalidInputError(f"model {name!r} {OVERRIDE}: not a ModelConfig in JSON: "
+                                f"{reason[:300]}") from None
+
+
+def _chosen_versions(name: str, path: Path, spec: ModelSpec, inside) -> list[int]:
     available = [int(c.name) for c in path.iterdir()
                  if c.is_dir() and c.name.isdigit() and (c / spec.model_filename).is_file()
                  and inside(name, c / spec.model_filename)]
@@ -62,7 +104,7 @@ def plan_from_disk(name: str, path: Path, inside, fingerprint: tuple = ()) -> Lo
                              f"{spec.model_filename} matches version policy "
                              f"{spec.version_policy.kind} (found versions "
                              f"{sorted(available)})")
-    return LoadPlan(text_format.MessageToString(spec.proto), tuple(chosen), fingerprint)
+    return chosen
 
 
 def check_plan_files(name: str, path: Path, plan: LoadPlan, inside) -> ModelSpec:

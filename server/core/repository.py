@@ -18,7 +18,7 @@ from server.core.errors import ModelLoadError, ModelNotFoundError, RepositoryErr
 from server.core.folders import ModelFolders
 from server.core.model import ModelVersion
 from server.core.model_config import CONFIG_FILE
-from server.core.plans import LoadPlan, check_plan_files, plan_from_disk
+from server.core.plans import LoadPlan, check_plan_files, plan_from_disk, plan_from_override
 from server.core.rollout import ShadowRunner, attach_rollout
 # READY, UNAVAILABLE, ModelEntry and IndexRow are also read from here (tests, cluster).
 from server.core.routing import (LOADING, READY, UNAVAILABLE, UNLOADING, IndexRow,  # noqa: F401
@@ -55,19 +55,26 @@ class ModelRepository(Routing):
         return self.folders.discover()
 
     # ---- loading ----------------------------------------------------------------------
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, config: str | None = None) -> None:
         """Load (or reload) every version the policy selects; swap in atomically.
 
         A name with no model folder is refused (ModelNotFoundError) before anything is
         recorded: a typo leaves no state, no metric series and no readiness change.
         Concurrent loads of one model (a storm) build it at most twice: the one running
         and one that starts after the others arrived, whose outcome they all share.
+        ``config`` (a ModelConfig as JSON, Triton's load parameter) replaces config.pbtxt
+        for this load; such a load always builds and shares its outcome with no other
+        (they may each send another config); the next plain load reads the files again.
         """
         arrived = time.monotonic()
         path = self._existing_model_dir(name)
         entry = self._entries.setdefault(name, ModelEntry(name))
         try:
             async with entry.lock:
+                if config is not None:
+                    plan = await self.plan(name, config)
+                    self._commit_entry(entry, *await self._prepare_entry(entry, path, plan))
+                    return
                 if entry.last_load is not None and entry.last_load[0] > arrived:
                     if entry.last_load[1] is not None:
                         kind, message = entry.last_load[1]
@@ -215,12 +222,17 @@ class ModelRepository(Routing):
         for hook in self.on_change:
             await hook()
 
-    async def plan(self, name: str) -> LoadPlan:
-        """What a load of ``name`` would serve now (a failure is recorded like a load's)."""
+    async def plan(self, name: str, config: str | None = None) -> LoadPlan:
+        """What a load of ``name`` would serve now (a failure is recorded like a load's).
+        With ``config`` (a load's override, core.plans): that config and the versions it
+        selects; a bad one is the caller's error (InvalidInputError), recorded nowhere."""
         path = self._existing_model_dir(name)
         entry = self._entries.setdefault(name, ModelEntry(name))
         started = time.monotonic()
         fingerprint = self.folders.fingerprint(name)
+        if config is not None:  # the files' fingerprint: a poll reloads when they change
+            return await asyncio.get_running_loop().run_in_executor(
+                None, plan_from_override, name, path, self.folders.inside, config, fingerprint)
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 None, plan_from_disk, name, path, self.folders.inside, fingerprint)

@@ -172,17 +172,7 @@ class Rollout:
 
     def __init__(self, spec: RolloutSpec, versions: dict, runner: ShadowRunner, where: str):
         self.spec = spec
-        candidates = {spec.canary_version, spec.shadow_version} - {None}
-        for number in candidates:
-            if number not in versions:
-                raise ModelLoadError(f"{where}: the rollout names version {number}, which is "
-                                     f"not loaded (loaded: {sorted(versions)}); load both "
-                                     "with version_policy { specific { versions: [...] } }")
-        others = [v for v in versions if v not in candidates]
-        if not others:
-            raise ModelLoadError(f"{where}: the rollout needs a primary version besides "
-                                 f"{sorted(candidates)}; loaded: {sorted(versions)}")
-        self.primary = max(others)
+        self.primary = check_rollout_versions(spec, versions, where)
         self._random = random.Random()
         self.links: list[ShadowLink] = []
         if spec.shadow_version is not None and spec.shadow_fraction > 0:
@@ -201,6 +191,22 @@ class Rollout:
                 and self._random.random() < spec.canary_weight):
             return versions[spec.canary_version]
         return versions.get(self.primary) or versions[max(versions)]
+
+
+def check_rollout_versions(spec: RolloutSpec, versions, where: str) -> int:
+    """The primary version of a rollout over ``versions`` (numbers); refused when the
+    rollout names a version not among them or leaves no other version to be primary."""
+    candidates = {spec.canary_version, spec.shadow_version} - {None}
+    for number in candidates:
+        if number not in versions:
+            raise ModelLoadError(f"{where}: the rollout names version {number}, which is "
+                                 f"not loaded (loaded: {sorted(versions)}); load both "
+                                 "with version_policy { specific { versions: [...] } }")
+    others = [v for v in versions if v not in candidates]
+    if not others:
+        raise ModelLoadError(f"{where}: the rollout needs a primary version besides "
+                             f"{sorted(candidates)}; loaded: {sorted(versions)}")
+    return max(others)
 
 
 def _check_same_feeds(primary, candidate, where: str) -> None:

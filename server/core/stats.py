@@ -7,6 +7,7 @@ loop thread only; readers (the metrics HTTP thread) see plain ints.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,6 +19,63 @@ class StatsListener(Protocol):
     def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None: ...
 
     def on_execution(self, rows: int, compute_infer_s: float) -> None: ...
+
+
+def _latency_bounds() -> tuple[float, ...]:
+    """10 us .. 100 s, ten steps a decade (each at most 1.33x the one before). They hold
+    every bound of the Prometheus request-duration histogram (1, 2.5, 5 a decade), so
+    that one is these counts summed (observability.metrics), not a second count."""
+    steps = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+    bounds = [round(m * 10.0 ** e, 12) for e in range(-5, 2) for m in steps]
+    return tuple(bounds) + (100.0,)
+
+
+LATENCY_BOUNDS_S = _latency_bounds()
+
+
+class LatencyHistogram:
+    """Successful requests' latency in fixed log buckets: one increment per request.
+
+    ``counts[i]`` counts latencies <= ``bounds[i]`` (and above the bound before); the last
+    count is everything above the last bound. Written on the event loop thread only.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BOUNDS_S):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def rebinned(self, bounds: tuple[float, ...]) -> list[int]:
+        """The counts in coarser ``bounds`` (each one of ours; the last count: above)."""
+        out = [0] * (len(bounds) + 1)
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            out[bisect_left(bounds, bound)] += count
+        return out
+
+
+def estimate_quantile(bounds, counts, q: float) -> float | None:
+    """The ``q`` quantile (0..1) estimated from bucket counts, as Prometheus's
+    histogram_quantile does: linear within the bucket that holds it (0 below the first
+    bound); in the overflow bucket, the last bound (a floor). None without counts."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            if i == len(bounds):
+                return float(bounds[-1])
+            low = bounds[i - 1] if i else 0.0
+            return low + (bounds[i] - low) * max(rank - seen, 0.0) / count
+        seen += count
+    return float(bounds[-1])
 
 
 @dataclass
@@ -59,12 +117,16 @@ class ModelStats:
     # Response cache (Triton's meanings): lookups that hit; lookups plus inserts that missed.
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
+    # Successful requests' latency (what success.ns sums), for quantiles: REST's latency
+    # extension and the Prometheus request-duration histogram both read it.
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     listener: StatsListener | None = field(default=None, repr=False, compare=False)
 
     def record_success(self, total_s: float, queue_s: float, compute_input_s: float,
                        compute_infer_s: float, compute_output_s: float,
                        preprocess_s: float | None = None) -> None:
         self.success.add(total_s)
+        self.latency.observe(total_s)
         self.queue.add(queue_s)
         self.compute_input.add(compute_input_s)
         self.compute_infer.add(compute_infer_s)
@@ -78,6 +140,7 @@ class ModelStats:
     def record_cache_hit(self, total_s: float, lookup_s: float, rows: int) -> None:
         """A request answered from the response cache: a success without queue or model."""
         self.success.add(total_s)
+        self.latency.observe(total_s)
         self.cache_hit.add(lookup_s)
         self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)

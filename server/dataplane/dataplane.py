@@ -26,6 +26,7 @@ from server.core.repository import ModelRepository
 from server.core.response_cache import ResponseCache
 from server.core.shm import SharedMemoryRegistry
 from server.kserve.shared_memory import place_outputs, read_input
+from server.dataplane import reports
 from server.dataplane.caching import forget_on_change, look_up
 from server.dataplane.control import RepositoryControl
 from server.kserve.statistics import statistics_response
@@ -69,9 +70,11 @@ class Cluster(Protocol):
 
     async def statistics(self, name: str, version: str, mine): ...
 
-    async def load(self, name: str) -> None: ...
+    async def load(self, name: str, config: str | None = None) -> None: ...
 
     async def unload(self, name: str) -> None: ...
+
+    async def report(self, kind: str, name: str, version: str, mine: dict) -> dict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,18 @@ class DataPlane:
                                      "python -m server.reference writes one)")
         return model.drift.snapshot()
 
+    def report_here(self, kind: str, name: str, version: str = "") -> dict:
+        """This process's raw counts for a report (dataplane.reports: rollout, latency)."""
+        return reports.build(kind, self.repository, name, version)
+
+    async def report(self, kind: str, name: str, version: str = "") -> dict:
+        """Our extensions' reports (the canary split and shadow agreement, latency
+        quantiles from buckets); with workers, the counts of every worker summed."""
+        mine = self.report_here(kind, name, version)
+        if self.cluster is not None:
+            mine = await self.cluster.report(kind, name, version, mine)
+        return reports.finish(kind, mine)
+
     def statistics_here(self, name: str, version: str):
         return statistics_response(self.repository, name, version)
 
@@ -182,9 +197,12 @@ class DataPlane:
     def index(self, ready_only: bool):
         return self.repository.index(ready_only=ready_only)
 
-    async def load(self, name: str, sent_key: str | None, transport: str) -> None:
+    async def load(self, name: str, sent_key: str | None, transport: str,
+                   config: str | None = None) -> None:
+        """``config``: a ModelConfig as JSON that replaces config.pbtxt for this load
+        (Triton's load parameter; core.plans.plan_from_override)."""
         self.control.check(sent_key, "load", transport)
-        await (self.cluster or self.repository).load(name)
+        await (self.cluster or self.repository).load(name, config)
 
     async def unload(self, name: str, sent_key: str | None, transport: str) -> None:
         self.control.check(sent_key, "unload", transport)

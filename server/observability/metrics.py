@@ -31,6 +31,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
+from server.core.stats import LatencyHistogram
 from server.observability.collectors import (CacheCollector, ConnectionCollector,
                                              DriftCollector, RolloutCollector, gpu_collector)
 from server.observability import metrics_http
@@ -86,8 +87,10 @@ class VersionHistograms:
 
     __slots__ = ("request", "queue", "preprocess", "compute", "batch")
 
-    def __init__(self, preprocesses: bool):
-        self.request = LoopHistogram(LATENCY_BUCKETS)
+    def __init__(self, preprocesses: bool, request: LatencyHistogram | None = None):
+        # Request durations are counted once, by the version's ModelStats (finer buckets
+        # that also give REST's latency quantiles); exported re-binned to LATENCY_BUCKETS.
+        self.request = request if request is not None else LatencyHistogram()
         self.queue = LoopHistogram(LATENCY_BUCKETS)
         # Only models that pre-process get that series (absent, not zero, for the rest).
         self.preprocess = LoopHistogram(LATENCY_BUCKETS) if preprocesses else None
@@ -95,7 +98,6 @@ class VersionHistograms:
         self.batch = LoopHistogram(BATCH_BUCKETS)
 
     def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None:
-        self.request.observe(total_s)
         self.queue.observe(queue_s)
         if preprocess_s is not None and self.preprocess is not None:
             self.preprocess.observe(preprocess_s)
@@ -106,8 +108,10 @@ class VersionHistograms:
 
     def copies(self) -> tuple[LoopHistogram | None, ...]:
         """In HISTOGRAMS order."""
-        return tuple(None if h is None else h.copy() for h in
-                     (self.request, self.queue, self.preprocess, self.compute, self.batch))
+        request = LoopHistogram(LATENCY_BUCKETS)
+        request.counts, request.sum = self.request.rebinned(LATENCY_BUCKETS), self.request.sum
+        return (request, *(None if h is None else h.copy() for h in
+                           (self.queue, self.preprocess, self.compute, self.batch)))
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,8 @@ class ServerMetrics:
         if event == "loaded":
             # A reload of the same version starts from zero, like its ModelStats.
             model = repository.get(name, version)
-            model.stats.listener = VersionHistograms(model.preprocessor is not None)
+            model.stats.listener = VersionHistograms(model.preprocessor is not None,
+                                                     model.stats.latency)
             self._histograms[(name, version)] = model.stats.listener
         elif event == "unloaded" and not repository.is_ready(name, version):
             self._histograms.pop((name, version), None)

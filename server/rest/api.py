@@ -17,6 +17,7 @@ import orjson
 
 from server.core.errors import InternalError, InvalidInputError, ServingError
 from server.dataplane.dataplane import DataPlane
+from server.dataplane.load_options import load_config
 from server.kserve.status import http_status, short_details
 from server.rest import codec, shared_memory
 from server.rest.limits import CHECK_FROM_BYTES, JsonLimits, json_limits
@@ -25,12 +26,11 @@ from server.rest.protojson import to_json
 log = logging.getLogger("server.http")
 
 _MODEL_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
-                         r"(?:/(?P<action>ready|config|stats|card|drift|infer))?")
+                         r"(?:/(?P<action>ready|config|stats|card|drift|rollout|latency|"
+                         r"infer))?")
 _REPOSITORY_PATH = re.compile(r"/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unload)")
 _FIXED_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/stats",
-                "/v2/repository/index"}
-# Load parameters tritonclient sends that change nothing here.
-_HARMLESS_LOAD_PARAMETERS = {"unload_dependents"}
+                "/v2/models/latency", "/v2/repository/index"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ class RestApi:
                                "extensions": list(extensions)})
         if path == "/v2/models/stats":
             return json_reply(to_json(await plane.statistics("", ""), defaults=True))
+        if path == "/v2/models/latency":  # our extension: every loaded version's quantiles
+            return json_reply(await plane.report("latency", ""))
         m = _MODEL_PATH.fullmatch(path)
         if m is not None and m["action"] != "infer":
             return await self._model_get(m["model"], m["version"] or "", m["action"])
@@ -143,6 +145,11 @@ class RestApi:
             return json_reply(to_json(plane.model_config(name, version)))
         if action == "drift":  # our extension: live signals against the reference
             return json_reply(asdict(plane.drift(name, version)))
+        if action in ("rollout", "latency"):  # our extensions (dataplane.reports)
+            if action == "rollout" and version:
+                raise InvalidInputError("a rollout spans a model's versions: ask "
+                                        f"/v2/models/{name[:100]}/rollout")
+            return json_reply(await plane.report(action, name, version))
         if action == "card":  # our extension: what the model's pipeline measured
             return json_reply(plane.model_card(name, version))
         meta = plane.model_metadata(name, version)
@@ -198,12 +205,9 @@ class RestApi:
         if not isinstance(parameters, dict):
             raise InvalidInputError(f"the {action} request must be a JSON object, optionally "
                                     'with "parameters"')
-        unsupported = sorted(set(parameters) - _HARMLESS_LOAD_PARAMETERS)
-        if unsupported:
-            raise InvalidInputError(f"{action} parameters {unsupported} are not supported: "
-                                    "models load from the repository as they are")
+        config = load_config(action, parameters)
         if action == "load":
-            await plane.load(name, sent, "HTTP")
+            await plane.load(name, sent, "HTTP", config)
         else:
             await plane.unload(name, sent, "HTTP")
         return Reply(200, b"")

@@ -19,6 +19,8 @@ _CONSOLE_FILES = {  # URL path -> (file in console/, content type)
     "/console/panels.js": ("panels.js", "text/javascript; charset=utf-8"),
     "/console/digits.js": ("digits.js", "text/javascript; charset=utf-8"),
     "/console/drift.js": ("drift.js", "text/javascript; charset=utf-8"),
+    "/console/rollout.js": ("rollout.js", "text/javascript; charset=utf-8"),
+    "/console/latency.js": ("latency.js", "text/javascript; charset=utf-8"),
     "/favicon.svg": ("favicon.svg", "image/svg+xml"),
     "/console/style.css": ("style.css", "text/css; charset=utf-8"),
 }

@@ -42,7 +42,8 @@ async function refresh() {
             ready ? "server ready" : "server not ready");
     const rows = await api("/v2/repository/index", {method: "POST", body: "{}"});
     const stats = await api("/v2/models/stats");
-    renderTable(rows, rates(stats.model_stats || []));
+    const latency = await api("/v2/models/latency").catch(() => null);  // latency.js
+    renderTable(rows, rates(stats.model_stats || []), latencyQuantiles(latency));
     await ensurePanels(rows);
   } catch (error) {
     setPill(document.getElementById("server-state"), "not-ready", "unreachable");
@@ -58,8 +59,8 @@ function markStale() {
     row.classList.add("stale");
     const cells = row.querySelectorAll("td");
     cells[2].replaceChildren(el("span", {class: "pill unknown"}, "unknown"));
-    for (const i of [3, 4, 5]) cells[i].textContent = "–";
-    cells[6].textContent = "server unreachable";
+    for (const i of [3, 4, 5, 6, 7]) cells[i].textContent = "–";
+    cells[8].textContent = "server unreachable";
   }
 }
 
@@ -91,15 +92,18 @@ function rates(modelStats) {
   return out;
 }
 
-function renderTable(rows, live) {
+function renderTable(rows, live, quantiles) {
   const body = document.querySelector("#models tbody");
   body.replaceChildren(...rows.map(row => {
     const r = live[row.name];
+    const q = quantiles[row.name] || {};
     const state = el("span", {class: `pill ${row.state}`}, row.state);
     return el("tr", {"data-model": row.name},
       el("td", {}, row.name), el("td", {}, row.version || "–"), el("td", {}, state),
       el("td", {class: "num rps"}, r ? r.rps.toFixed(1) : "…"),
       el("td", {class: "num"}, r && r.latency_ms !== null ? `${r.latency_ms.toFixed(2)} ms` : "–"),
+      el("td", {class: "num p50"}, milliseconds(q.p50_ms)),
+      el("td", {class: "num p99"}, milliseconds(q.p99_ms)),
       el("td", {class: "num"}, r ? r.failps.toFixed(1) : "…"),
       el("td", {class: "muted"}, row.reason || ""));
   }));

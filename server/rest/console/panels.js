@@ -30,7 +30,8 @@ function buildPanel(meta, config, card) {
   const panel = el("div", {class: "panel", "data-model": meta.name},
                    el("h3", {}, meta.name, " ", el("span", {class: "muted"},
                       `v${meta.versions.join(", v")} · ${meta.platform}`)),
-                   describe(meta, config, card), driftView(meta));
+                   describe(meta, config, card), driftView(meta),
+                   rolloutView(meta));
   const input = meta.inputs.length === 1 ? meta.inputs[0] : null;
   const maxBatch = (config && config.max_batch_size) || 0;
   if (input && input.datatype === "FP32" && isImage(input.shape)) {
