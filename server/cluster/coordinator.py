@@ -16,6 +16,8 @@ unix sockets (server.cluster.peers):
   Unload checks everywhere, then unloads everywhere. After either, every worker
   checks itself against the cluster's state and repairs what differs (or reports
   not ready and says why).
+- system shared-memory registrations: on every worker, in the same order as loads
+  and unloads (server.cluster.shm_sync);
 - load storms: a load answers with the outcome of the first load of the same model
   that *started* after it arrived (it read the files after the call came), so 12
   concurrent loads build at most two versions, not twelve.
@@ -28,19 +30,15 @@ import logging
 import time
 import uuid
 
-import grpc
-
-from server.core import errors
-from server.core.errors import (InternalError, ModelNotFoundError, RepositoryError,
-                                ServingError)
+from server.core.errors import ModelNotFoundError, RepositoryError, ServingError
 from server.core.plans import LoadPlan
 from server.core.repository import ModelRepository, PreparedLoad
-from server.cluster.peers import Peers
+from server.cluster.peers import Peers, peer_error
+from server.cluster.shm_sync import SharedMemoryCluster
 from server.cluster.reports import gather_reports
 from server.cluster.state import ClusterState, LoadOutcome
 from server.cluster.stats_merge import merge_statistics
 from server.cluster.sync import PREPARED_TTL_S, WorkerSync
-from server.grpc.status import error_for_code
 from server.protocol import grpc_service_pb2 as pb
 
 log = logging.getLogger("server.cluster")
@@ -53,16 +51,6 @@ STATISTICS_TIMEOUT_S = 10.0
 # How long a load or unload waits for the one in progress (and those queued before it).
 LOCK_TIMEOUT_S = 600.0
 PLAN_PARAMETER = "x-onnxserve-plan"  # peers' prepare: the plan to load, as JSON
-
-
-def peer_error(index: int, exc: BaseException) -> ServingError:
-    """A peer's failure as the same kind of domain error, naming the worker."""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        kind = error_for_code(exc.code())
-        if kind is errors.InternalError and exc.code() == grpc.StatusCode.INTERNAL:
-            kind = errors.ModelLoadError
-        return kind(f"worker {index}: {exc.details()}")
-    return InternalError(f"worker {index}: {type(exc).__name__}: {exc}")
 
 
 def plan_of(request: pb.RepositoryModelLoadRequest) -> LoadPlan | None:
@@ -78,6 +66,18 @@ class Coordinator:
         self._repo = repository
         self.peers = peers
         self.sync = sync
+        self._shm: SharedMemoryCluster | None = None
+
+    def attach_shm(self, registry) -> None:
+        """The dataplane's shared-memory registry: kept holding the cluster's regions."""
+        self._shm = SharedMemoryCluster(self.sync.files, self.peers, registry)
+        self.sync.shm = registry
+
+    async def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        await _detached(self._shm.register(name, key, offset, byte_size))
+
+    async def shm_unregister(self, name: str) -> None:
+        await _detached(self._shm.unregister(name))
 
     async def peers_ready(self) -> bool:
         return await self.peers.all_ready()

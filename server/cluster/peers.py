@@ -17,6 +17,9 @@ from pathlib import Path
 
 import grpc
 
+from server.core import errors
+from server.core.errors import InternalError, ServingError
+from server.grpc.status import error_for_code
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 
@@ -46,6 +49,24 @@ def local_phase(context) -> str | None:
 
 def token_of(context) -> str:
     return dict(context.invocation_metadata() or ()).get(TOKEN_HEADER, "")
+
+
+def peer_error(index: int, exc: BaseException) -> ServingError:
+    """A peer's failure as the same kind of domain error, naming the worker."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        kind = error_for_code(exc.code())
+        if kind is errors.InternalError and exc.code() == grpc.StatusCode.INTERNAL:
+            kind = errors.ModelLoadError
+        return kind(f"worker {index}: {exc.details()}")
+    return InternalError(f"worker {index}: {type(exc).__name__}: {exc}")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A peer that did not answer (dead, being restarted, hung), as opposed to one that
+    answered with a refusal: it serves the cluster's state once it is back (it joins
+    from the state file) or at its next repair."""
+    return not isinstance(exc, grpc.aio.AioRpcError) or exc.code() in (
+        grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class Peers:

@@ -2,8 +2,9 @@
 
 A call from a peer (``x-onnxserve-local: 1`` on the private unix socket, see
 server.cluster.peers) is answered from this worker's own state: readiness, statistics,
-the phases of a cluster-wide load or unload, and the consistency check after one
-(``RepositoryIndex`` with phase ``sync``). Every other call is the public one,
+the phases of a cluster-wide load or unload, the consistency check after one
+(``RepositoryIndex`` with phase ``sync``), and a shared-memory region to map or unmap
+here (server.cluster.shm_sync). Every other call is the public one,
 answered through the dataplane (which fans out through the Coordinator).
 """
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 from server.cluster.coordinator import plan_of
 from server.cluster.peers import local_phase, token_of
 from server.cluster.reports import report_answer, report_kind
+from server.cluster.shm_sync import apply, drop
 from server.cluster.sync import PREPARED_TTL_S, WorkerSync
 from server.core.errors import (InvalidInputError, ModelNotReadyError, RepositoryError,
                                 ServingError)
+from server.core.shm import RegionStatus
 from server.grpc.servicer import InferenceServicer
 from server.protocol import grpc_service_pb2 as pb
 
@@ -79,6 +82,25 @@ class PeerServicer(InferenceServicer):
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        if local_phase(context) is None:
+            return await super().SystemSharedMemoryRegister(request, context)
+        try:
+            apply(self.dataplane.shm, RegionStatus(request.name, request.key, request.offset,
+                                                   request.byte_size))
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        if local_phase(context) is None:
+            return await super().SystemSharedMemoryUnregister(request, context)
+        try:
+            drop(self.dataplane.shm, request.name)
+        except ServingError as exc:
+            return await self._fail(context, exc)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def _load_phase(self, phase: str, request, token: str) -> None:
         name = request.model_name

@@ -5,8 +5,9 @@
   different clients, arriving at different workers, so apply in one order everywhere.
   The kernel releases the lock when its holder dies (``kill -9``): a dead coordinator
   never blocks the others.
-- ``cluster-state.json``: what the cluster serves (model -> plan: config and versions)
-  and the outcome of the latest load of each model. Written only under the lock,
+- ``cluster-state.json``: what the cluster serves (model -> plan: config and versions),
+  the outcome of the latest load of each model, and the system shared-memory regions
+  clients registered (name -> key, offset, byte size). Written only under the lock,
   atomically (rename). A worker that starts (or restarts) loads exactly this, and a
   worker that finds itself serving something else repairs itself to it.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 from server.core import errors
 from server.core.errors import InternalError, ModelNotReadyError, ServingError
 from server.core.plans import LoadPlan
+from server.core.shm import RegionStatus
 
 log = logging.getLogger("server.cluster")
 
@@ -58,19 +60,24 @@ class ClusterState:
     seq: int = 0
     models: dict[str, LoadPlan] = field(default_factory=dict)
     loads: dict[str, LoadOutcome] = field(default_factory=dict)
+    shm: dict[str, RegionStatus] = field(default_factory=dict)  # system shared memory
 
     def to_json(self) -> dict:
         return {"seq": self.seq,
                 "models": {n: p.to_json() for n, p in sorted(self.models.items())},
                 "loads": {n: {"started": o.started, "error": o.error}
-                          for n, o in sorted(self.loads.items())}}
+                          for n, o in sorted(self.loads.items())},
+                "shm": {n: {"key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                        for n, r in sorted(self.shm.items())}}
 
     @classmethod
     def from_json(cls, data: dict) -> "ClusterState":
         return cls(int(data["seq"]),
                    {n: LoadPlan.from_json(p) for n, p in data["models"].items()},
                    {n: LoadOutcome(float(o["started"]), tuple(o["error"]) if o["error"]
-                                   else None) for n, o in data["loads"].items()})
+                                   else None) for n, o in data["loads"].items()},
+                   {n: RegionStatus(n, str(r["key"]), int(r["offset"]), int(r["byte_size"]))
+                    for n, r in data.get("shm", {}).items()})
 
 
 class ClusterFiles:

@@ -8,6 +8,9 @@
   it does, and reports not ready until then.
 - After every load or unload the coordinator asks every worker to check itself
   against the state (``sync``) and to repair what differs.
+- The same holds for the system shared-memory regions clients registered
+  (server.cluster.shm_sync): a joining worker maps the cluster's regions, and a
+  repair maps or unmaps what differs.
 - Every RECONCILE_S each worker compares what it serves with the state, and when they
   differ (a commit that never reached it, a coordinator that died half-way) and the
   cluster is idle (nobody holds the control lock), repairs itself; prepared loads
@@ -23,6 +26,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from server.cluster.shm_sync import in_step, reconcile_regions
 from server.cluster.state import ClusterFiles, ClusterState
 from server.core.errors import ServingError
 from server.core.plans import LoadPlan
@@ -45,6 +49,8 @@ class WorkerSync:
         self.applied_seq = -1
         self.problem: str | None = "joining the other workers"
         repository.conditions.append(lambda: self.problem)
+        self.shm = None  # the dataplane's SharedMemoryRegistry (Coordinator.attach_shm)
+        self._unmappable: set = set()  # regions this worker could not map (logged once)
 
     # ---- start-up ---------------------------------------------------------------------
     async def join(self, startup_names: list[str]) -> None:
@@ -91,6 +97,8 @@ class WorkerSync:
             log.warning("worker %d serves model %s, which the cluster does not: unloading "
                         "it", self.index, name)
             await self.repo.unload(name)
+        if self.shm is not None:
+            reconcile_regions(self.shm, state.shm, self.index, self._unmappable)
         self.applied_seq = state.seq
         self.problem = (f"worker {self.index} differs from the other workers: "
                         + "; ".join(problems)) if problems else None
@@ -117,7 +125,8 @@ class WorkerSync:
                 state = self.files.read()
                 if state is None or (state.seq == self.applied_seq and self.problem is None
                                      and not self.prepared
-                                     and self.repo.served_plans() == state.models):
+                                     and self.repo.served_plans() == state.models
+                                     and in_step(self.shm, state.shm)):
                     continue
                 async with self.files.locked_if_free() as free:
                     if free:

@@ -35,6 +35,16 @@ class RegionStatus:
     byte_size: int
 
 
+def already_registered(name: str) -> AlreadyExistsError:
+    """Triton's refusal of a name registered twice (its words: tools match them)."""
+    return AlreadyExistsError(f"shared memory region '{name}' already in manager: "
+                              "unregister it first, or pick another name")
+
+
+def not_registered(name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(f"shared memory region '{name}' is not registered")
+
+
 class _Region:
     __slots__ = ("status", "mapping", "view", "users", "retired")
 
@@ -59,8 +69,7 @@ class SharedMemoryRegistry:
         if not name:
             raise InvalidInputError("a shared-memory region needs a name")
         if name in self._regions:
-            raise AlreadyExistsError(f"shared memory region '{name}' already in manager: "
-                                    "unregister it first, or pick another name")
+            raise already_registered(name)
         if not _KEY_RE.fullmatch(key) or key.strip("/") in (".", ".."):
             raise InvalidInputError(f"shared memory key {key!r} is not a POSIX shared-memory "
                                     "name (letters, digits, '_', '-', '.', one optional "
@@ -92,7 +101,7 @@ class SharedMemoryRegistry:
     def unregister(self, name: str = "") -> None:
         """One region, or every region when ``name`` is empty."""
         if name and name not in self._regions:
-            raise ModelNotFoundError(f"shared memory region '{name}' is not registered")
+            raise not_registered(name)
         for region_name in ([name] if name else list(self._regions)):
             region = self._regions.pop(region_name)
             region.retired = True
@@ -101,8 +110,12 @@ class SharedMemoryRegistry:
 
     def status(self, name: str = "") -> list[RegionStatus]:
         if name and name not in self._regions:
-            raise ModelNotFoundError(f"shared memory region '{name}' is not registered")
+            raise not_registered(name)
         return [r.status for n, r in sorted(self._regions.items()) if not name or n == name]
+
+    def regions(self) -> dict[str, RegionStatus]:
+        """What is registered now (name -> its key and span)."""
+        return {n: r.status for n, r in self._regions.items()}
 
     def __len__(self) -> int:
         return len(self._regions)

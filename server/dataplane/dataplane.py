@@ -3,8 +3,8 @@ repository control and the access log. A face only translates its wire form to t
 calls and their answers (or their ``ServingError``) back to the wire.
 
 With worker processes (``--workers N``) what must look like one server (readiness,
-statistics, load and unload) also goes through ``cluster`` (server.cluster.coordinator),
-so every face gets the same one-server answers.
+statistics, load and unload, shared-memory registrations) also goes through ``cluster``
+(server.cluster.coordinator), so every face gets the same one-server answers.
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ class Cluster(Protocol):
 
     async def report(self, kind: str, name: str, version: str, mine: dict) -> dict: ...
 
+    def attach_shm(self, registry: SharedMemoryRegistry) -> None: ...
+
+    async def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None: ...
+
+    async def shm_unregister(self, name: str) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class TensorMetadata:
@@ -107,6 +113,8 @@ class DataPlane:
         self.cluster = cluster
         self.cache = cache  # Triton's response cache (models opt in); None = off
         self.shm = SharedMemoryRegistry()  # system shared-memory regions clients registered
+        if cluster is not None:  # every worker maps the cluster's regions (joins, repairs)
+            cluster.attach_shm(self.shm)
         if cache is not None:
             repository.listeners.append(forget_on_change(cache))
 
@@ -272,13 +280,22 @@ class DataPlane:
             else outputs
 
     # ---- system shared memory ----------------------------------------------------------
-    def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
-        self.shm.register(name, key, offset, byte_size)
+    async def shm_register(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Register a region; with workers, on every worker (or on none)."""
+        if self.cluster is None:
+            self.shm.register(name, key, offset, byte_size)
+        else:
+            await self.cluster.shm_register(name, key, offset, byte_size)
 
-    def shm_unregister(self, name: str) -> None:
-        self.shm.unregister(name)
+    async def shm_unregister(self, name: str) -> None:
+        """One region, or all when ``name`` is empty; with workers, on every worker."""
+        if self.cluster is None:
+            self.shm.unregister(name)
+        else:
+            await self.cluster.shm_unregister(name)
 
     def shm_status(self, name: str):
+        """This process's regions: with workers, every worker holds the same ones."""
         return self.shm.status(name)
 
     def refused(self, error: ServingError, protocol: str) -> None:

@@ -239,15 +239,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def SystemSharedMemoryRegister(self, request, context):
         try:
-            self.dataplane.shm_register(request.name, request.key, request.offset,
-                                        request.byte_size)
+            await self.dataplane.shm_register(request.name, request.key, request.offset,
+                                              request.byte_size)
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request, context):
         try:
-            self.dataplane.shm_unregister(request.name)
+            await self.dataplane.shm_unregister(request.name)
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.SystemSharedMemoryUnregisterResponse()

@@ -76,7 +76,7 @@ class RestApi:
         if method == "POST" and (m := _MODEL_PATH.fullmatch(path)) and m["action"] == "infer":
             return await self.infer(m["model"], m["version"] or "", request)
         if path.startswith(shared_memory.PREFIXES):
-            answer = shared_memory.handle(self.dataplane, method, path, request.body)
+            answer = await shared_memory.handle(self.dataplane, method, path, request.body)
             if answer is not None:
                 return json_reply(answer)
             return self._not_served(method, path)

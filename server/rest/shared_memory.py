@@ -28,7 +28,7 @@ def allowed(path: str) -> str:
     return "GET" if m["action"] == "status" else "POST"
 
 
-def handle(plane: DataPlane, method: str, path: str, body: bytes):
+async def handle(plane: DataPlane, method: str, path: str, body: bytes):
     """(status, JSON document) of a shared-memory request, or None when not one."""
     if path.startswith("/v2/cudasharedmemory"):
         raise UnimplementedError("CUDA shared memory is not supported by this server; use "
@@ -41,11 +41,11 @@ def handle(plane: DataPlane, method: str, path: str, body: bytes):
         return [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
                 for r in plane.shm_status(name)]
     if m["action"] == "unregister":
-        plane.shm_unregister(name)
+        await plane.shm_unregister(name)
         return {}
     request = _json(body)
-    plane.shm_register(name, _text(request.get("key")), _count(request, "offset", 0),
-                       _count(request, "byte_size", None))
+    await plane.shm_register(name, _text(request.get("key")), _count(request, "offset", 0),
+                             _count(request, "byte_size", None))
     return {}
 
 
