@@ -18,6 +18,10 @@ ROUTES: tuple[tuple[str, str, str, str | None, str | None], ...] = (
     ("get", "/v2", "Server metadata", None, "ServerMetadata"),
     ("get", "/v2/models/stats", "Statistics of every loaded model version", None,
      "Statistics"),
+    ("get", "/v2/models/latency", "Latency of every loaded model version: bucket counts, "
+     "mean and p50/p90/p99 estimated from the buckets", None, "Object"),
+    ("get", MODEL + "/rollout", "Canary split per version and shadow agreement (summed "
+     "over workers)", None, "Object"),
     *((method, base + suffix, summary, request, answer)
       for base in (MODEL, VERSION)
       for method, suffix, summary, request, answer in (
@@ -30,6 +34,8 @@ ROUTES: tuple[tuple[str, str, str, str | None, str | None], ...] = (
            "the version has no model_card.json)", None, "Object"),
           ("get", "/drift", "Drift: PSI and live vs reference proportions per signal "
            "(404 when the version has no reference.json)", None, "Object"),
+          ("get", "/latency", "Latency: bucket counts, mean and p50/p90/p99 estimated "
+           "from the buckets", None, "Object"),
           ("post", "/infer", "Inference: JSON tensors, or JSON plus binary tensor data",
            "InferRequest", "InferResponse"))),
     ("post", "/v2/repository/index", "Every model in the repository with its state", "Index",
