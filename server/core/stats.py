@@ -138,9 +138,15 @@ class ModelStats:
             self.listener.on_success(total_s, queue_s, preprocess_s)
 
     def record_cache_hit(self, total_s: float, lookup_s: float, rows: int) -> None:
-        """A request answered from the response cache: a success without queue or model."""
+        """A request answered from the response cache: a success without the model.
+
+        Counted in ``queue`` too, with the time before the lookup, as Triton does ("the
+        queue count includes cache hits"): perf_analyzer finds the version that served
+        a measurement by its queue count, and fails on a cached model without it.
+        """
         self.success.add(total_s)
         self.latency.observe(total_s)
+        self.queue.add(max(0.0, total_s - lookup_s))
         self.cache_hit.add(lookup_s)
         self.inference_count += rows
         self.last_inference_ms = int(time.time() * 1000)

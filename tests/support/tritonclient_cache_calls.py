@@ -22,7 +22,7 @@ def _infer(client, images, outputs=("probabilities",)):
 def _cache_counts(client) -> dict:
     stats = client.get_inference_statistics("mnist", as_json=True)["model_stats"][0]
     infer = stats["inference_stats"]
-    return {k: int(infer.get(k, {}).get("count", 0)) for k in ("success", "cache_hit", "cache_miss")} | {
+    return {k: int(infer.get(k, {}).get("count", 0)) for k in ("success", "queue", "cache_hit", "cache_miss")} | {
         "execution_count": int(stats.get("execution_count", 0))}
 
 
