@@ -50,18 +50,24 @@ class ResponseCache:
     def key(version_token: tuple, inputs: dict[str, np.ndarray], datatypes: dict[str, str],
             outputs: tuple[str, ...]) -> bytes:
         """The digest of what decides the answer; inputs in name order."""
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(repr((version_token, outputs)).encode())
-        for name in sorted(inputs):
+        names = sorted(inputs)
+        # Everything but the data in one repr (one call, not one per input: this runs
+        # for every request of a caching model, hits included).
+        head = repr((version_token, outputs,
+                     [(name, datatypes.get(name, ""), inputs[name].shape) for name in names]))
+        # SHA-256: collision-resistant (a collision would hand one client another's
+        # answer), and CPUs with SHA extensions hash a 3 KiB image in ~2.7 us where
+        # BLAKE2b takes ~4.6 us.
+        digest = hashlib.sha256(head.encode())
+        for name in names:
             array = inputs[name]
-            digest.update(repr((name, datatypes.get(name, ""), array.shape)).encode())
             if array.dtype == object:  # BYTES: each element's length, then its bytes
                 for item in array.reshape(-1):
                     data = item if isinstance(item, bytes) else str(item).encode()
                     digest.update(struct.pack("<I", len(data)))
                     digest.update(data)
-            else:
-                digest.update(np.ascontiguousarray(array).view(np.uint8).reshape(-1).data)
+            else:  # the array's own buffer (decoded arrays are contiguous: no copy)
+                digest.update(array if array.flags.c_contiguous else np.ascontiguousarray(array))
         return digest.digest()
 
     def get(self, key: bytes) -> dict[str, np.ndarray] | None:
