@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import re
@@ -77,6 +78,8 @@ def normalize(text: str) -> str:
 
 
 def _nfkc(text: str) -> str:
+    if text.isascii():  # NFKC keeps ASCII as it is, and ASCII has no combining marks
+        return text
     text = _nonstarter_runs().sub(lambda m: m.group()[:MAX_NONSTARTERS], text)
     return unicodedata.normalize("NFKC", text)
 
@@ -190,8 +193,9 @@ class Tokenizer:
         work is bounded by max_tokens, not by the text's length.
         """
         words = last_words(text, self.config.max_tokens)
-        get = self._ids.get
-        return np.fromiter((get(w, OOV_ID) for w in words), dtype=np.int32, count=len(words))
+        # map() over the dict's get runs in C: no Python frame per word
+        return np.array(list(map(self._ids.get, words, itertools.repeat(OOV_ID, len(words)))),
+                        dtype=np.int32).reshape(-1)
 
     def bucket_length(self, n_tokens: int) -> int:
         """Smallest bucket >= n_tokens (the first bucket for n_tokens == 0)."""

@@ -180,3 +180,27 @@ def test_a_giant_word_before_a_tag_is_kept_whole():
     """A cut with no safe place inside the first window grows the window, not the loss."""
     text = "x" * 100 + "<" + "y" * 190 + ">"
     assert last_words(text, 1) == ["x" * 100]
+
+
+def _plain_words(text: str) -> list[str]:
+    """The tokenizer's definition without its shortcuts: NFKC, tags, apostrophes, case."""
+    import unicodedata
+    text = unicodedata.normalize("NFKC", text)
+    text = tokenizer_module._TAG_RE.sub(" ", text)
+    return split_words(text.translate(tokenizer_module._APOSTROPHES).lower())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PIECES + ["Caf\u00e9", "ABC", "\t", "it\u2019s"]), max_size=200))
+def test_ascii_shortcut_and_id_lookup_match_the_plain_definition(pieces):
+    """ASCII texts skip NFKC (it keeps ASCII as it is); ids come from one C-level map:
+    both give what the plain definition gives, for ASCII and non-ASCII texts alike."""
+    vocabulary = ["good", "bad", "don't", "caf\u00e9", "abc", "it's", "x" * 50]
+    tok = Tokenizer(vocabulary)
+    text = "".join(pieces)
+    words = _plain_words(text)[-tok.config.max_tokens:]
+    ids = {word: index + 2 for index, word in enumerate(vocabulary)}
+    expected = np.array([ids.get(word, 1) for word in words], dtype=np.int32)
+    got = tok.encode(text)
+    assert got.dtype == np.int32 and got.shape == expected.shape
+    assert (got == expected).all()
