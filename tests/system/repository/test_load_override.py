@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 
 import grpc
 import pytest
@@ -20,8 +19,7 @@ from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.support.loadkit import wait_until
 from tests.support.restkit import call, call_json
-from tests.support.rolloutkit import override, tritonclient, two_version_repo
-from tests.support.wire import image_request, mnist_images
+from tests.support.rolloutkit import Traffic, override, tritonclient, two_version_repo
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None,
                                 reason="tritonclient is not installed (dev extra)")
@@ -97,34 +95,15 @@ def test_bad_overrides_are_refused_with_the_reason_and_change_nothing(proc):
 def test_weight_zero_at_load_time_under_traffic_loses_nothing(proc, tmp_path):
     assert tritonclient("grpc", proc.address, override(
         proc.http_port, canary_version="2", canary_weight="0.3"), 0, tmp_path)["error"] is None
-    failures, answered = [], []
-    stop = threading.Event()
-
-    def traffic():
-        image = mnist_images(1)[0]
-        with grpc.insecure_channel(proc.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while not stop.is_set():
-                try:
-                    answered.append(stub.ModelInfer(image_request(image), timeout=60).model_version)
-                except grpc.RpcError as exc:
-                    failures.append(exc.code())
-
-    threads = [threading.Thread(target=traffic) for _ in range(4)]
-    try:
-        for thread in threads:
-            thread.start()
+    with Traffic(proc.address) as traffic:
+        answered = traffic.answered
         assert wait_until(lambda: "2" in answered and "1" in answered, timeout_s=60)
         seen = tritonclient("grpc", proc.address, override(
             proc.http_port, canary_version="2", canary_weight="0"), 0, tmp_path)
         assert seen["error"] is None, seen
         after = len(answered)
         assert wait_until(lambda: len(answered) > after + 300, timeout_s=120)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    assert not failures, failures[:5]
+    assert not traffic.failures, traffic.failures[:5]
     # Requests queued before the switch may still answer from version 2; after them, 1.
     assert set(answered[after + 100:]) == {"1"}
     status, rollout = call_json(proc.http_port, "GET", "/v2/models/mnist/rollout")

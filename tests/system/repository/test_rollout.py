@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 
 import grpc
-import numpy as np
 import pytest
 
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
 from tests.support.loadkit import metric, scrape, wait_until
+from tests.support.rolloutkit import Traffic
 from tests.support.wire import image_request, mnist_images
 
 ROLLOUT = """
@@ -74,38 +73,20 @@ def test_canary_split_and_shadow_agreement(two_versions):
 def test_weight_zero_by_reload_under_traffic_loses_nothing(two_versions):
     proc = ServerProcess(two_versions, "--model-control-mode", "explicit",
                          "--startup-models", "mnist")
-    failures, answered = [], []
-    stop = threading.Event()
-
-    def traffic():
-        image = mnist_images(1)[0]
-        with grpc.insecure_channel(proc.address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while not stop.is_set():
-                try:
-                    answered.append(stub.ModelInfer(image_request(image), timeout=30).model_version)
-                except grpc.RpcError as exc:
-                    failures.append(exc.code())
-
     try:
-        threads = [threading.Thread(target=traffic) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        assert wait_until(lambda: "2" in answered, timeout_s=60)
-        _write(two_versions, "0")
-        with grpc.insecure_channel(proc.address) as channel:
-            pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
-                pb.RepositoryModelLoadRequest(model_name="mnist"), timeout=120)
-        after = len(answered)
-        assert wait_until(lambda: len(answered) > after + 300, timeout_s=60)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert not failures, failures[:5]
+        with Traffic(proc.address, timeout_s=30) as traffic:
+            answered = traffic.answered
+            assert wait_until(lambda: "2" in answered, timeout_s=60)
+            _write(two_versions, "0")
+            with grpc.insecure_channel(proc.address) as channel:
+                pb_grpc.GRPCInferenceServiceStub(channel).RepositoryModelLoad(
+                    pb.RepositoryModelLoadRequest(model_name="mnist"), timeout=120)
+            after = len(answered)
+            assert wait_until(lambda: len(answered) > after + 300, timeout_s=60)
+        assert not traffic.failures, traffic.failures[:5]
         # Requests queued before the switch may still answer from version 2; after them, 1.
         assert set(answered[after + 100:]) == {"1"}
     finally:
-        stop.set()
         proc.stop()
 
 
