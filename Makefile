@@ -55,8 +55,12 @@ pathbench: $(VENV)/.serve
 
 # Interleaved rounds against Triton and the do-nothing server of ../shared/peers
 # (start Triton first: ../shared/peers/triton_pybackend.sh models/mnist/1/model.onnx 18001).
+# PERF_ANALYZER=path/to/perf_analyzer: that C++ client instead of the Python one (the
+# headline against Triton); TRITON=host:port TRITON_PID=pid TRITON_HTTP=host:port add Triton.
 peer-compare: $(VENV)/.dev
-	$(PY) -m tools.peer_compare --null-server ../shared/peers/null_server.py --sentiment
+	$(PY) -m tools.peer_compare --sentiment \
+	  $(if $(PERF_ANALYZER),--perf-analyzer $(PERF_ANALYZER),--null-server ../shared/peers/null_server.py) \
+	  $(if $(TRITON),--triton $(TRITON) --triton-pid $(TRITON_PID) $(if $(TRITON_HTTP),--triton-http $(TRITON_HTTP)))
 
 # Triton's response cache: all-miss vs a 90 %-hit mix at concurrency 32, a hit at c=1.
 .PHONY: bench-cache

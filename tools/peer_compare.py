@@ -5,12 +5,19 @@ optionally an older checkout too), Triton and the do-nothing grpc.aio server.
         [--faces native,grpcio]
         [--before /path/to/older/checkout] [--triton 127.0.0.1:18001 --triton-pid PID]
         [--null-server ../shared/peers/null_server.py]
+        [--perf-analyzer PATH [--triton-http 127.0.0.1:18002]]
 
 Every server stays up; each round drives each one in turn (same client, same machine),
 so slow drifts in the machine's load hit all of them alike. Prints per round and the
 median of rounds: MNIST 1-image c=1 p50, c=32 req/s, server CPU ms per request, and
 sentiment raw text c=32 for our servers. Figures only. Also runs as a script
 (``python tools/peer_compare.py``).
+
+With ``--perf-analyzer PATH`` the client is perf_analyzer (C++, tools.perf_analyzer_client)
+instead of the Python one, and REST/HTTP c=32 is measured too (Triton's with
+``--triton-http``): the headline comparison, since the Python client costs the shared
+cores more than the servers differ. The do-nothing server is left out then (it answers
+ModelInfer only, and perf_analyzer reads the model's metadata and config first).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as a script: make ``tools`` importable
     sys.path.insert(0, str(ROOT))
 
+from tools import perf_analyzer_client as pa  # noqa: E402
 from tools.bench import BenchServer, _faces, _levels, sweep  # noqa: E402
 
 
@@ -50,7 +58,13 @@ def main() -> int:
     parser.add_argument("--triton-pid", type=int, default=None)
     parser.add_argument("--null-server", type=Path, default=None)
     parser.add_argument("--sentiment", action="store_true", help="also sentiment c=32")
+    parser.add_argument("--perf-analyzer", nargs="?", const="", default=None,
+                        metavar="PATH", help="perf_analyzer as the client (PATH, or the "
+                        "one on PATH)")
+    parser.add_argument("--triton-http", default="", help="Triton's HTTP host:port")
     args = parser.parse_args()
+    if args.perf_analyzer is not None:
+        return _with_perf_analyzer(args)
     targets: list[tuple[str, str, int | None, bool]] = []  # label, url, pid, ours
     owned: list = []
     for face in args.faces:
@@ -94,6 +108,60 @@ def main() -> int:
               f"{med(('mnist', 32), 'mean_batch_size'):>10.1f} "
               f"{med(('sentiment', 32), 'throughput_rps'):>21.0f}")
     return 0
+
+
+def _with_perf_analyzer(args) -> int:
+    binary = pa.find(args.perf_analyzer or None)
+    env = pa.environment(binary)
+    inputs = pa.Inputs()
+    # label, gRPC host:port, HTTP host:port ("" = none), pid, ours
+    targets: list[tuple[str, str, str, int | None, bool]] = []
+    owned: list = []
+    try:
+        for face in args.faces:
+            for workers in args.workers:
+                server = _start_ours(ROOT, workers, face)
+                owned.append(server)
+                targets.append((f"{face} w{workers}", server.url,
+                                server.http_url.removeprefix("http://"), server.proc.pid, True))
+        if args.triton:
+            targets.append(("triton", args.triton, args.triton_http, args.triton_pid, False))
+        cases = [("mnist", "grpc", 1), ("mnist", "grpc", 32), ("mnist", "http", 32)]
+        if args.sentiment:
+            cases.append(("sentiment", "grpc", 32))
+        results: dict[str, list[dict]] = {label: [] for label, *_ in targets}
+        for _ in range(args.rounds):
+            for label, grpc_url, http_url, pid, ours in targets:
+                points = {}
+                for model, protocol, concurrency in cases:
+                    url = grpc_url if protocol == "grpc" else http_url
+                    if not url or (model == "sentiment" and not ours):
+                        continue
+                    points[(model, protocol, concurrency)] = pa.measure(
+                        binary, env, inputs, label, grpc_url, url, protocol, model,
+                        concurrency, args.duration_s, pid)
+                results[label].append(points)
+    finally:
+        for server in owned:
+            server.stop()
+        inputs.close()
+    _pa_table(results, args.rounds)
+    return 0
+
+
+def _pa_table(results: dict[str, list[dict]], rounds: int) -> None:
+    print(f"\n{'server':<12} {'gRPC c=1 p50 ms':>15} {'gRPC c=32 req/s':>15} "
+          f"{'CPU ms/req':>10} {'HTTP c=32 req/s':>15} {'sentiment c=32':>14}   "
+          f"(perf_analyzer, median of {rounds} rounds)")
+    for label, per_round in results.items():
+        def med(key, field):
+            values = [r[key][field] for r in per_round if key in r]
+            return statistics.median(values) if values else float("nan")
+        print(f"{label:<12} {med(('mnist', 'grpc', 1), 'p50_ms'):>15.2f} "
+              f"{med(('mnist', 'grpc', 32), 'throughput_rps'):>15.0f} "
+              f"{med(('mnist', 'grpc', 32), 'server_cpu_ms_per_request'):>10.3f} "
+              f"{med(('mnist', 'http', 32), 'throughput_rps'):>15.0f} "
+              f"{med(('sentiment', 'grpc', 32), 'throughput_rps'):>14.0f}")
 
 
 if __name__ == "__main__":
