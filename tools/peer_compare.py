@@ -99,9 +99,8 @@ def main() -> int:
     print(f"\n{'server':<12} {'c=1 p50 ms':>10} {'c=32 req/s':>10} {'c=32 CPU ms/req':>15} "
           f"{'c=32 batch':>10} {'sentiment c=32 req/s':>21}   (median of {args.rounds} rounds)")
     for label, rounds in results.items():
-        def med(key, field):
-            values = [r[key][field] for r in rounds if key in r]
-            return statistics.median(values) if values else float("nan")
+        def med(key, field, rounds=rounds):
+            return _median(rounds, key, field)
         print(f"{label:<12} {med(('mnist', 1), 'p50_ms'):>10.2f} "
               f"{med(('mnist', 32), 'throughput_rps'):>10.0f} "
               f"{med(('mnist', 32), 'server_cpu_ms_per_request'):>15.3f} "
@@ -149,14 +148,19 @@ def _with_perf_analyzer(args) -> int:
     return 0
 
 
+def _median(rounds: list[dict], key: tuple, field: str) -> float:
+    """The median of ``field`` over the rounds that measured ``key`` (NaN: none did)."""
+    values = [r[key][field] for r in rounds if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
 def _pa_table(results: dict[str, list[dict]], rounds: int) -> None:
     print(f"\n{'server':<12} {'gRPC c=1 p50 ms':>15} {'gRPC c=32 req/s':>15} "
           f"{'CPU ms/req':>10} {'HTTP c=32 req/s':>15} {'sentiment c=32':>14}   "
           f"(perf_analyzer, median of {rounds} rounds)")
     for label, per_round in results.items():
-        def med(key, field):
-            values = [r[key][field] for r in per_round if key in r]
-            return statistics.median(values) if values else float("nan")
+        def med(key, field, rounds=per_round):
+            return _median(rounds, key, field)
         print(f"{label:<12} {med(('mnist', 'grpc', 1), 'p50_ms'):>15.2f} "
               f"{med(('mnist', 'grpc', 32), 'throughput_rps'):>15.0f} "
               f"{med(('mnist', 'grpc', 32), 'server_cpu_ms_per_request'):>10.3f} "
