@@ -206,8 +206,12 @@ def encode_infer(request: RestRequest, model_name: str, version: int,
     for name, value in outputs.items():
         datatype = datatypes[name]
         entry = {"name": name, "datatype": datatype, "shape": list(value.shape)}
-        if isinstance(value, ShmOutput):  # written to the client's region: no data here
-            entry["parameters"] = value.parameters()
+        if isinstance(value, ShmOutput):
+            # Written to the client's region: no data and, as in Triton, no parameters
+            # (Triton's C++ HTTP client, perf_analyzer's, reads every output that has
+            # "parameters" as binary data of parameters.binary_data_size, and fails
+            # without one).
+            pass
         elif request.binary(name):
             raw = encode_bytes(value) if datatype == "BYTES" else (
                 np.ascontiguousarray(value).tobytes())

@@ -36,7 +36,8 @@ def _round(client, module, images, tag: str) -> dict:
         tensor.set_shared_memory(f"{tag}_in", in_bytes)
         wanted = module.InferRequestedOutput("probabilities")
         wanted.set_shared_memory(f"{tag}_out", out_bytes)
-        client.infer("mnist", [tensor], outputs=[wanted])
+        answer = client.infer("mnist", [tensor], outputs=[wanted])
+        described = answer.get_output("probabilities")  # JSON over http, protobuf over grpc
         via_shm = shm.get_contents_as_numpy(region_out, np.float32, [rows, 10])
         plain = module.InferInput("image", list(images.shape), "FP32")
         plain.set_data_from_numpy(images)
@@ -44,6 +45,7 @@ def _round(client, module, images, tag: str) -> dict:
         status = client.get_system_shared_memory_status()
         result = {
             "equal": bool(np.array_equal(via_shm, direct)),
+            "shm_output": described if isinstance(described, dict) else None,
             "status": status if isinstance(status, list) else
             [{"name": r.name, "key": r.key, "byte_size": r.byte_size}
              for r in status.regions.values()],

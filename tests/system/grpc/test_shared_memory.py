@@ -32,4 +32,9 @@ def test_tritonclient_shared_memory_round_trip(server):
         assert "not a POSIX shared-memory name" in side["not_shm"]
         assert "needs 2560 bytes" in side["output_too_small"]
         assert "is not registered" in side["after_unregister"]
+    # As in Triton: an output in shared memory is described without data or parameters
+    # (Triton's C++ HTTP client, perf_analyzer's, reads an output with "parameters" as
+    # binary data and fails without parameters.binary_data_size)
+    assert seen["http"]["shm_output"] == {"name": "probabilities", "datatype": "FP32",
+                                          "shape": [64, 10]}
     assert "CUDA shared memory is not supported" in seen["cuda"]
