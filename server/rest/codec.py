@@ -12,6 +12,7 @@ tensor and the bad value, worded as gRPC's where the check is the same.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -195,7 +196,27 @@ def parse_json(data: bytes):
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if b"NaN" in data or b"Infinity" in data:
+            try:  # Triton reads NaN, Infinity and -Infinity (see _nonfinite_json)
+                doc = json.loads(data)
+                # What orjson refuses besides (lone surrogates, integers past 64 bits)
+                # stays refused: its writer refuses the same.
+                orjson.dumps(doc)
+                return doc
+            except (ValueError, RecursionError, TypeError):
+                pass
         raise InvalidInputError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _nonfinite_json(doc: dict) -> bytes:
+    """``doc`` with NaN, Infinity and -Infinity written as such (RapidJSON's forms, which
+    Triton reads and writes; perf_analyzer's random FP32 data holds them). orjson writes
+    null for them and reads none of them, so the rare body that has them goes through
+    the standard library: slower, and only then."""
+    plain = {**doc, "outputs": [
+        {**entry, "data": entry["data"].tolist()} if isinstance(entry.get("data"), np.ndarray)
+        else entry for entry in doc["outputs"]]}
+    return json.dumps(plain, allow_nan=True, separators=(",", ":")).encode()
 
 
 def encode_infer(request: RestRequest, model_name: str, version: int,
@@ -223,7 +244,11 @@ def encode_infer(request: RestRequest, model_name: str, version: int,
     doc = {"model_name": model_name, "model_version": str(version), "outputs": described}
     if request.id:
         doc["id"] = request.id
-    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+    if any(isinstance(e.get("data"), np.ndarray) and e["data"].dtype.kind == "f"
+           and not np.isfinite(e["data"]).all() for e in described):
+        header = _nonfinite_json(doc)
+    else:
+        header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not tails:
         return header, None
     return b"".join([header, *tails]), len(header)

@@ -3,6 +3,8 @@ type checks every field of a request body goes through (errors quote the bad val
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from server.core.errors import InvalidInputError
@@ -62,7 +64,14 @@ def _numbers(name, datatype, dtype, data: list, count: int | None, shape,
         except OverflowError:
             raise _bad_value(name, datatype, dtype, flat, kinds, offset) from None
     wide = parsed.astype(np.float64, copy=False)
-    if np.abs(wide).max() > np.finfo(dtype).max:
+    # NaN and the infinities are sent as such (Triton reads them); a finite value too big
+    # for the type would become infinite, and is refused
+    magnitude = np.abs(wide)
+    top = magnitude.max()
+    if not math.isfinite(top):  # NaN or an infinity sent: judge the finite values
+        finite = magnitude[np.isfinite(magnitude)]
+        top = finite.max() if finite.size else 0.0
+    if top > np.finfo(dtype).max:
         raise _bad_value(name, datatype, dtype, flat, kinds, offset)
     return wide.astype(dtype).reshape(-1)
 
@@ -102,7 +111,7 @@ def _bad_value(name: str, datatype: str, dtype, data: list, kinds: str,
             typed = kind in ((int,) if kinds == "iu" else (int, float))
         if not typed:
             what = f"is not {expected}"
-        elif kinds != "b" and not low <= value <= high:
+        elif kinds != "b" and math.isfinite(value) and not low <= value <= high:
             shown = (f"{low}, {high}" if kinds == "iu" else f"{low:.7g}, {high:.7g}")
             what = f"is outside {datatype}'s range [{shown}]"
         else:

@@ -82,6 +82,26 @@ def test_json_infer_answers_equal_grpc(server, grpc_stub):
     assert output(doc, "probability")[0, 0] > 0.5 > output(doc, "probability")[1, 0]
 
 
+def test_nan_and_infinity_travel_as_triton_writes_them(server):
+    """perf_analyzer's JSON tensors of random FP32 data hold NaN and Infinity (RapidJSON's
+    forms, which Triton reads and writes): they are read, and a non-finite answer is
+    written the same way, not as null."""
+    images, _ = mnist_images(2)
+    body = image_infer_body(images, "nan")
+    values = body["inputs"][0]["data"]
+    values[0], values[1], values[2] = float("nan"), float("inf"), float("-inf")
+    status, _, raw = call(server.http_port, "POST", "/v2/models/mnist/infer",
+                          json.dumps(body).encode())  # the standard library writes NaN
+    assert status == 200, raw
+    assert b"NaN" in raw and b"null" not in raw  # the first image's answer is NaN
+    doc = json.loads(raw)
+    probabilities = np.array(doc["outputs"][0]["data"], np.float32).reshape(2, 10)
+    assert np.isnan(probabilities[0]).all() and np.isfinite(probabilities[1]).all()
+    values[0] = 1e300  # a finite value too big for FP32 would become infinite: refused
+    status, doc = call_json(server.http_port, "POST", "/v2/models/mnist/infer", body)
+    assert status == 400 and "outside FP32's range" in doc["error"], doc
+
+
 def test_binary_request_and_answer(server):
     images, _ = mnist_images(2)
     raw = images.tobytes()

@@ -58,12 +58,22 @@ def test_values_at_the_edges_of_a_range_are_kept_exactly():
             assert got.tolist() == values, datatype
 
 
+def test_nan_and_infinities_are_read_as_triton_reads_them():
+    """RapidJSON's NaN, Infinity and -Infinity (Triton reads them; perf_analyzer sends them
+    in random FP32 data)."""
+    body = (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [3], '
+            b'"data": [NaN, Infinity, -Infinity]}]}')
+    got = codec.decode_infer(body, None).inputs["x"]
+    assert np.isnan(got[0]) and got[1] == np.inf and got[2] == -np.inf
+
+
 @pytest.mark.parametrize("body, expected", [
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaN]}]}',
-     "not valid JSON"),
-    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [Infinity]}]}',
-     "not valid JSON"),
     (b'{"inputs": [{"name": "\\ud800", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}',
+     "not valid JSON"),
+    # the path that reads NaN refuses what orjson refuses too
+    (b'{"inputs": [{"name": "\\ud800", "datatype": "FP32", "shape": [1], "data": [NaN]}]}',
+     "not valid JSON"),
+    (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [NaNx]}]}',
      "not valid JSON"),
     # JSON parsers read integers past 64 bits as floats: still not an INT64.
     (b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], '
