@@ -33,11 +33,13 @@ def _latency_bounds() -> tuple[float, ...]:
 LATENCY_BOUNDS_S = _latency_bounds()
 
 
-class LatencyHistogram:
-    """Successful requests' latency in fixed log buckets: one increment per request.
+class Histogram:
+    """Bucket counts and sum, one increment per observation (by default: latencies in
+    seconds, in fixed log buckets). Written on the event loop thread only; the metrics
+    thread reads copies.
 
-    ``counts[i]`` counts latencies <= ``bounds[i]`` (and above the bound before); the last
-    count is everything above the last bound. Written on the event loop thread only.
+    ``counts[i]`` counts values <= ``bounds[i]`` (and above the bound before); the last
+    count is everything above the last bound.
     """
 
     __slots__ = ("bounds", "counts", "sum")
@@ -47,9 +49,14 @@ class LatencyHistogram:
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def copy(self) -> "Histogram":
+        twin = Histogram(self.bounds)
+        twin.counts, twin.sum = list(self.counts), self.sum
+        return twin
 
     def rebinned(self, bounds: tuple[float, ...]) -> list[int]:
         """The counts in coarser ``bounds`` (each one of ours; the last count: above)."""
@@ -119,7 +126,7 @@ class ModelStats:
     cache_miss: Duration = field(default_factory=Duration)
     # Successful requests' latency (what success.ns sums), for quantiles: REST's latency
     # extension and the Prometheus request-duration histogram both read it.
-    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    latency: Histogram = field(default_factory=Histogram)
     listener: StatsListener | None = field(default=None, repr=False, compare=False)
 
     def record_success(self, total_s: float, queue_s: float, compute_input_s: float,

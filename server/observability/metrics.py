@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import logging
 import weakref
-from bisect import bisect_left
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 
@@ -31,7 +30,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.utils import floatToGoString
 
-from server.core.stats import LatencyHistogram
+from server.core.stats import Histogram
 from server.observability.collectors import (CacheCollector, ConnectionCollector,
                                              DriftCollector, RolloutCollector, gpu_collector)
 from server.observability import metrics_http
@@ -46,26 +45,6 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _LABELS = ("model", "version")
 _SNAPSHOT_TIMEOUT_S = 5.0
-
-
-class LoopHistogram:
-    """Bucket counts and sum, written by the event loop only, read in its snapshots."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]):
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def copy(self) -> "LoopHistogram":
-        twin = LoopHistogram(self.bounds)
-        twin.counts, twin.sum = list(self.counts), self.sum
-        return twin
 
 
 # (metric name without prefix, help, buckets) of each per-version histogram.
@@ -87,15 +66,15 @@ class VersionHistograms:
 
     __slots__ = ("request", "queue", "preprocess", "compute", "batch")
 
-    def __init__(self, preprocesses: bool, request: LatencyHistogram | None = None):
+    def __init__(self, preprocesses: bool, request: Histogram | None = None):
         # Request durations are counted once, by the version's ModelStats (finer buckets
         # that also give REST's latency quantiles); exported re-binned to LATENCY_BUCKETS.
-        self.request = request if request is not None else LatencyHistogram()
-        self.queue = LoopHistogram(LATENCY_BUCKETS)
+        self.request = request if request is not None else Histogram()
+        self.queue = Histogram(LATENCY_BUCKETS)
         # Only models that pre-process get that series (absent, not zero, for the rest).
-        self.preprocess = LoopHistogram(LATENCY_BUCKETS) if preprocesses else None
-        self.compute = LoopHistogram(LATENCY_BUCKETS)
-        self.batch = LoopHistogram(BATCH_BUCKETS)
+        self.preprocess = Histogram(LATENCY_BUCKETS) if preprocesses else None
+        self.compute = Histogram(LATENCY_BUCKETS)
+        self.batch = Histogram(BATCH_BUCKETS)
 
     def on_success(self, total_s: float, queue_s: float, preprocess_s: float | None) -> None:
         self.queue.observe(queue_s)
@@ -106,9 +85,9 @@ class VersionHistograms:
         self.batch.observe(rows)
         self.compute.observe(compute_infer_s)
 
-    def copies(self) -> tuple[LoopHistogram | None, ...]:
+    def copies(self) -> tuple[Histogram | None, ...]:
         """In HISTOGRAMS order."""
-        request = LoopHistogram(LATENCY_BUCKETS)
+        request = Histogram(LATENCY_BUCKETS)
         request.counts, request.sum = self.request.rebinned(LATENCY_BUCKETS), self.request.sum
         return (request, *(None if h is None else h.copy() for h in
                            (self.queue, self.preprocess, self.compute, self.batch)))
@@ -345,7 +324,7 @@ def _protocol_shares(total: int, outcome: str, by_protocol: dict) -> list[tuple[
     return [("grpc", max(total - sum(n for _, n in others), 0)), *others]
 
 
-def _cumulative(histogram: LoopHistogram) -> list[tuple[str, int]]:
+def _cumulative(histogram: Histogram) -> list[tuple[str, int]]:
     buckets, total = [], 0
     for bound, count in zip((*histogram.bounds, float("inf")), histogram.counts):
         total += count

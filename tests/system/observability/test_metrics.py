@@ -12,7 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from server.observability.metrics import LATENCY_BUCKETS, LoopHistogram
+from server.core.stats import Histogram
+from server.observability.metrics import LATENCY_BUCKETS
 from server.protocol import grpc_service_pb2 as pb
 from server.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerProcess
@@ -168,7 +169,7 @@ def test_access_log_has_requests_but_never_payloads(observed, stub):
 
 
 def test_histogram_buckets_follow_prometheus_le():
-    histogram = LoopHistogram(LATENCY_BUCKETS)
+    histogram = Histogram(LATENCY_BUCKETS)
     for seconds in (0.00005, 0.0001, 0.00010001, 10.0, 11.0):
         histogram.observe(seconds)
     assert histogram.counts[0] == 2  # le="0.0001" includes the bound itself

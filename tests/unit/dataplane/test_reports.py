@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from server.core.stats import LATENCY_BOUNDS_S, LatencyHistogram, estimate_quantile
+from server.core.stats import LATENCY_BOUNDS_S, Histogram, estimate_quantile
 from server.dataplane import reports
 from server.observability.metrics import LATENCY_BUCKETS
 
 
 def test_quantiles_come_from_the_buckets_linear_within_one():
-    h = LatencyHistogram()
+    h = Histogram()
     for _ in range(90):
         h.observe(0.0009)  # in (0.0008, 0.001]
     for _ in range(10):
@@ -24,7 +24,7 @@ def test_quantiles_come_from_the_buckets_linear_within_one():
 
 
 def test_prometheus_buckets_are_ours_summed():
-    h = LatencyHistogram()
+    h = Histogram()
     for seconds in (0.00005, 0.0001, 0.00011, 0.003, 0.25, 9.0, 11.0):
         h.observe(seconds)
     # le is inclusive in both: 0.0001 is in le="0.0001"
@@ -32,7 +32,7 @@ def test_prometheus_buckets_are_ours_summed():
 
 
 def _latency(count_at_1ms: int, count_at_10ms: int) -> dict:
-    h = LatencyHistogram()
+    h = Histogram()
     for _ in range(count_at_1ms):
         h.observe(0.001)
     for _ in range(count_at_10ms):
