@@ -15,6 +15,8 @@ Counts run since each version's last load (a reload starts them anew).
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 from server.core.errors import InvalidInputError, ModelNotReadyError
 from server.core.rollout import DELTA_BUCKETS
 from server.core.stats import LATENCY_BOUNDS_S, estimate_quantile
@@ -79,7 +81,7 @@ def _text(number: int | None) -> str | None:
 def merge_rollout(reports: list[dict]) -> dict:
     """Counts summed by version and by (primary, shadow); settings and roles from the
     first report (the answering worker's: every worker serves the same plan)."""
-    merged = _copy(reports[0])
+    merged = deepcopy(reports[0])
     for other in reports[1:]:
         merged["workers"] += other.get("workers", 1)
         for key, counts in other.get("versions", {}).items():
@@ -89,7 +91,7 @@ def merge_rollout(reports: list[dict]) -> dict:
         for key, counts in other.get("shadows", {}).items():
             into = merged["shadows"].get(key)
             if into is None:
-                merged["shadows"][key] = _copy(counts)
+                merged["shadows"][key] = deepcopy(counts)
                 continue
             for field in ("rows", "agree", "dropped", "failures", "delta_sum"):
                 into[field] += counts[field]
@@ -120,8 +122,8 @@ def latency_counts(repository, name: str, version: str = "") -> dict:
     """One model's versions (one version when named), or every loaded version's when
     ``name`` is empty (the console's table: one call)."""
     if name:
-        repository.get(name, version)  # unknown: 404, not serving: 503
-        models = [repository.get(name, version)] if version else \
+        served = repository.get(name, version)  # unknown: 404, not serving: 503
+        models = [served] if version else \
             sorted(repository.entry(name).versions.values(), key=lambda m: m.version)
     else:
         models = sorted(repository.loaded_versions(), key=lambda m: (m.name, m.version))
@@ -139,7 +141,7 @@ def latency_counts(repository, name: str, version: str = "") -> dict:
 
 def merge_latency(reports: list[dict]) -> dict:
     """Bucket counts summed per version (then estimated: quantiles never average)."""
-    merged = _copy(reports[0])
+    merged = deepcopy(reports[0])
     for other in reports[1:]:
         if other.get("bounds_s") != merged["bounds_s"]:
             continue  # a worker of another build mid-upgrade: not comparable
@@ -147,7 +149,7 @@ def merge_latency(reports: list[dict]) -> dict:
         for key, row in other["versions"].items():
             into = merged["versions"].get(key)
             if into is None:
-                merged["versions"][key] = _copy(row)
+                merged["versions"][key] = deepcopy(row)
                 continue
             into["count"] += row["count"]
             into["sum_s"] += row["sum_s"]
@@ -165,12 +167,3 @@ def finish_latency(report: dict) -> dict:
             row[field] = None if value is None else 1e3 * value
     return {"estimated_from_buckets": True, "bounds_s": bounds,
             "workers": report["workers"], "model_latency": rows}
-
-
-def _copy(doc):
-    """A deep copy of a JSON-shaped value (reports are merged in place)."""
-    if isinstance(doc, dict):
-        return {k: _copy(v) for k, v in doc.items()}
-    if isinstance(doc, list):
-        return [_copy(v) for v in doc]
-    return doc
