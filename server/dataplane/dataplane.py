@@ -29,6 +29,7 @@ from server.kserve.shared_memory import place_outputs, read_input
 from server.dataplane import reports
 from server.dataplane.caching import forget_on_change, look_up
 from server.dataplane.control import RepositoryControl
+from server.dataplane.load_options import load_config
 from server.kserve.statistics import statistics_response
 from server.kserve.tensors import InputHeader
 
@@ -206,14 +207,18 @@ class DataPlane:
         return self.repository.index(ready_only=ready_only)
 
     async def load(self, name: str, sent_key: str | None, transport: str,
-                   config: str | None = None) -> None:
-        """``config``: a ModelConfig as JSON that replaces config.pbtxt for this load
-        (Triton's load parameter; core.plans.plan_from_override)."""
+                   parameters: dict | None = None) -> None:
+        """``parameters``: the call's, as plain values (dataplane.load_options: a
+        ``config`` ModelConfig as JSON replaces config.pbtxt for this load, as Triton's
+        does). The key is checked before them: a caller without it learns nothing."""
         self.control.check(sent_key, "load", transport)
+        config = load_config("load", parameters or {})
         await (self.cluster or self.repository).load(name, config)
 
-    async def unload(self, name: str, sent_key: str | None, transport: str) -> None:
+    async def unload(self, name: str, sent_key: str | None, transport: str,
+                     parameters: dict | None = None) -> None:
         self.control.check(sent_key, "unload", transport)
+        load_config("unload", parameters or {})  # refuses all but the harmless ones
         await (self.cluster or self.repository).unload(name)
 
     # ---- inference ---------------------------------------------------------------------

@@ -11,7 +11,6 @@ import logging
 
 from server.core.errors import OverloadedError, ServingError, UnimplementedError
 from server.dataplane.dataplane import DataPlane
-from server.dataplane.load_options import load_config
 from server.grpc.handlers import Incoming
 from server.grpc.status import status_for
 from server.kserve import messages
@@ -35,12 +34,6 @@ def _stream_error(exc: ServingError, request_id: str) -> pb.ModelStreamInferResp
     return pb.ModelStreamInferResponse(
         error_message=f"{status_for(exc).name}: {short_details(str(exc))}",
         infer_response=pb.ModelInferResponse(id=request_id))
-
-
-def _parameters(parameters) -> dict[str, object]:
-    """A load's or unload's ModelRepositoryParameter map as plain values."""
-    return {name: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
-            for name, value in parameters.items()}
 
 
 class GrpcRequest(messages.PbRequest):
@@ -205,20 +198,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         try:
-            key = self._sent_key(context)
-            self.dataplane.control.check(key, "load", "gRPC")  # the key before the body
-            config = load_config("load", _parameters(request.parameters))
-            await self.dataplane.load(request.model_name, key, "gRPC", config)
+            await self.dataplane.load(request.model_name, self._sent_key(context), "gRPC",
+                                      messages.plain_parameters(request.parameters))
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):
         try:
-            key = self._sent_key(context)
-            self.dataplane.control.check(key, "unload", "gRPC")
-            load_config("unload", _parameters(request.parameters))
-            await self.dataplane.unload(request.model_name, key, "gRPC")
+            await self.dataplane.unload(request.model_name, self._sent_key(context), "gRPC",
+                                        messages.plain_parameters(request.parameters))
         except ServingError as exc:
             return await self._fail(context, exc)
         return pb.RepositoryModelUnloadResponse()

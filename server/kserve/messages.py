@@ -54,7 +54,8 @@ def input_headers(request: pb.ModelInferRequest) -> list[InputHeader]:
 
 
 def plain_parameters(parameters) -> dict:
-    """A protobuf parameters map as plain values (InferParameter's oneof)."""
+    """A protobuf parameters map as plain values (InferParameter's and
+    ModelRepositoryParameter's oneof, both ``parameter_choice``)."""
     return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
             for key, value in parameters.items()}
 

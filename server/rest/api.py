@@ -17,7 +17,6 @@ import orjson
 
 from server.core.errors import InternalError, InvalidInputError, ServingError
 from server.dataplane.dataplane import DataPlane
-from server.dataplane.load_options import load_config
 from server.kserve.status import http_status, short_details
 from server.rest import codec, shared_memory
 from server.rest.limits import CHECK_FROM_BYTES, JsonLimits, json_limits
@@ -205,9 +204,8 @@ class RestApi:
         if not isinstance(parameters, dict):
             raise InvalidInputError(f"the {action} request must be a JSON object, optionally "
                                     'with "parameters"')
-        config = load_config(action, parameters)
         if action == "load":
-            await plane.load(name, sent, "HTTP", config)
+            await plane.load(name, sent, "HTTP", parameters)
         else:
-            await plane.unload(name, sent, "HTTP")
+            await plane.unload(name, sent, "HTTP", parameters)
         return Reply(200, b"")
