@@ -75,17 +75,18 @@ def measure(binary: Path, env: dict[str, str], inputs: Inputs, label: str, grpc_
     """One point: perf_analyzer against ``url`` (host:port) over ``protocol``; the server's
     statistics are read over gRPC at ``grpc_url``."""
     _say(f"[{label}] perf_analyzer {model} {protocol} concurrency {concurrency} ...")
-    cmd = [str(binary), "-m", model, "-u", url, "-i", protocol, "-b", "1",
-           "--concurrency-range", str(concurrency), "-p", str(int(duration_s * 1000)),
-           "--max-trials", "4", "-s", "20", *inputs.args(model)]
+    def command(stability_percent: int) -> list[str]:
+        return [str(binary), "-m", model, "-u", url, "-i", protocol, "-b", "1",
+                "--concurrency-range", str(concurrency), "-p", str(int(duration_s * 1000)),
+                "--max-trials", "4", "-s", str(stability_percent), *inputs.args(model)]
+
     rows0, _ = batch_counters(grpc_url, model)
     cpu0 = process_tree_cpu_s(server_pid)
-    text = _run(cmd, env, duration_s)
+    text = _run(command(20), env, duration_s)
     if "stable measurement" in text and not _THROUGHPUT.findall(text):
         # A busy machine: accept a wider spread rather than no figure (said in the output)
         _say("    not stable within 20 %; measuring again accepting 50 %")
-        text = _run(cmd[:-len(inputs.args(model)) - 2] + ["-s", "50", *inputs.args(model)],
-                    env, duration_s)
+        text = _run(command(50), env, duration_s)
     cpu1 = process_tree_cpu_s(server_pid)
     rows1, _ = batch_counters(grpc_url, model)
     throughput = _THROUGHPUT.findall(text)

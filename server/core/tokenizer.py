@@ -195,7 +195,7 @@ class Tokenizer:
         words = last_words(text, self.config.max_tokens)
         # map() over the dict's get runs in C: no Python frame per word
         return np.array(list(map(self._ids.get, words, itertools.repeat(OOV_ID, len(words)))),
-                        dtype=np.int32).reshape(-1)
+                        dtype=np.int32)
 
     def bucket_length(self, n_tokens: int) -> int:
         """Smallest bucket >= n_tokens (the first bucket for n_tokens == 0)."""
