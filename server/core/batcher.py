@@ -4,8 +4,9 @@ A request is validated and pre-processed *before* it gets here, so nothing malfo
 can join a batch. Requests merge only when their non-batch shapes agree (their
 ``key``); the oldest live request picks the key of the next batch, so no shape
 starves. An idle model runs a lone request at once; while the model is busy the queue
-fills and the next batch is taken as soon as an instance frees. ORT runs in a thread
-pool (it releases the GIL), so the event loop keeps accepting requests meanwhile.
+fills and the next batch is taken as soon as an instance frees. ORT runs on the model's
+instance threads (server.core.instances; it releases the GIL), so the event loop keeps
+accepting requests meanwhile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -23,54 +23,12 @@ import numpy as np
 
 from server.core.errors import (DeadlineExceededError, InternalError, QueueFullError,
                            ServerDrainingError)
+from server.core.instances import InstanceThreads
+from server.core.ticket import Ticket
 
 log = logging.getLogger("server.core.batcher")
 
 Feeds = dict[str, np.ndarray]
-
-
-class Ticket:
-    """A queued request's completion without an asyncio future: ``callback(ticket,
-    value, error)`` runs once, on the event loop, when the batch answers (or the queue
-    refuses or expires it). It reads like a future to the batcher (``done``,
-    ``set_result``, ``set_exception``), so queue rules hold for both kinds alike: a
-    cancelled ticket is dropped before it runs, and a result is set only if not done.
-    """
-
-    __slots__ = ("_callback", "_done", "tag")
-
-    def __init__(self, callback: Callable[["Ticket", object, BaseException | None], None],
-                 tag: object = None):
-        self._callback = callback
-        self._done = False
-        self.tag = tag  # the caller's, e.g. which part of a request this is
-
-    def done(self) -> bool:
-        return self._done
-
-    def cancel(self) -> bool:
-        """Drop it from the queue (no callback): the caller went away."""
-        if self._done:
-            return False
-        self._done = True
-        self._callback = None
-        return True
-
-    def set_result(self, value) -> None:
-        self._finish(value, None)
-
-    def set_exception(self, error: BaseException) -> None:
-        self._finish(None, error)
-
-    def _finish(self, value, error: BaseException | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        callback, self._callback = self._callback, None
-        try:
-            callback(self, value, error)
-        except Exception:  # a face's bug must not stop the batch's other answers
-            log.exception("a request's completion callback failed")
 
 
 @dataclass(eq=False, slots=True)
@@ -136,28 +94,26 @@ class DynamicBatcher:
         self._queue: deque[Pending] = deque()
         self._closing = False
         self._executing = 0
-        self._tasks: set[asyncio.Task] = set()
         # asyncio objects are created in start(), inside the running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._former: asyncio.Task | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: InstanceThreads | None = None
 
     # ---- life cycle -------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self._instances)
-        self._executor = ThreadPoolExecutor(self._instances,
-                                            thread_name_prefix=f"ort-{self.name}")
+        self._threads = InstanceThreads(self.name, self._instances, self._loop)
         self._former = self._loop.create_task(self._form_batches(), name=f"batcher-{self.name}")
 
     async def close(self, drain_timeout_s: float) -> None:
         """Stop taking requests, finish the queued and running ones (bounded), stop."""
         self._closing = True
         deadline = time.monotonic() + drain_timeout_s
-        while (self._queue or self._tasks) and time.monotonic() < deadline:
+        while (self._queue or self._executing) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
         for pending in self._queue:
             _fail(pending, ServerDrainingError(
@@ -166,8 +122,8 @@ class DynamicBatcher:
         if self._former is not None:
             self._former.cancel()
             await asyncio.gather(self._former, return_exceptions=True)
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._executing:  # past the deadline: a batch still runs; its answers go out
+            await asyncio.sleep(0.005)
         await self._release()
 
     async def _release(self) -> None:
@@ -177,11 +133,11 @@ class DynamicBatcher:
         this batcher: a reference cycle that would keep the version, its ORT session and
         its threads alive until Python's cyclic GC happens to run.
         """
-        executor, self._executor = self._executor, None
-        if executor is not None:
+        threads, self._threads = self._threads, None
+        if threads is not None:
             # Every batch has finished: the threads are idle and exit at once. Joined off
             # the event loop all the same.
-            await self._loop.run_in_executor(None, executor.shutdown, True)
+            await self._loop.run_in_executor(None, threads.stop)
         self._run = _closed_run
         self._on_batch = self._on_expired = None
         self._former = None  # its CancelledError's traceback refers back to us
@@ -196,7 +152,12 @@ class DynamicBatcher:
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._tasks
+        return not self._queue and not self._executing
+
+    @property
+    def threads(self) -> list:
+        """The instance threads (empty before start and after close)."""
+        return [] if self._threads is None else list(self._threads.threads)
 
     # ---- submission -------------------------------------------------------------------
     def submit(self, feeds: Feeds, rows: int, key: Hashable, deadline: float = math.inf,
@@ -274,9 +235,7 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
-            task = self._loop.create_task(self._execute(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._execute(batch)
 
     async def _linger(self) -> None:
         """With preferred batch sizes, give a small batch up to max_queue_delay to grow."""
@@ -333,20 +292,36 @@ class DynamicBatcher:
         return batch
 
     # ---- execution --------------------------------------------------------------------
-    async def _execute(self, batch: list[Pending]) -> None:
+    def _execute(self, batch: list[Pending]) -> None:
+        """Merge the batch and hand it to a free instance thread (the slot taken for it
+        is released when it is answered, in :meth:`_executed`)."""
         self._executing += 1
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             feeds = _merge(batch) if self._batches else batch[0].feeds
-            merged = time.monotonic()
-            try:
-                outputs = await self._loop.run_in_executor(self._executor, self._run, feeds)
-            except Exception:
-                log.exception("model %r: ONNX Runtime failed on a batch of %d requests",
-                              self.name, len(batch))
+        except Exception:  # the rows were checked before they were queued: a bug
+            log.exception("model %r: merging a batch of %d requests failed", self.name,
+                          len(batch))
+            self._executed(batch, started, started, None, InternalError(
+                f"model {self.name!r} failed to run this batch; see the server log"))
+            return
+        merged = time.monotonic()
+        self._threads.submit(self._run, feeds, lambda outputs, error: self._executed(
+            batch, started, merged, outputs, error))
+
+    def _executed(self, batch: list[Pending], started: float, merged: float, outputs,
+                  error: BaseException | None) -> None:
+        """On the event loop, once the batch ran: each request gets its own rows."""
+        try:
+            if error is not None:
+                if not isinstance(error, InternalError):
+                    log.error("model %r: ONNX Runtime failed on a batch of %d requests",
+                              self.name, len(batch), exc_info=error)
+                    error = InternalError(f"model {self.name!r} failed to run this batch; "
+                                          "see the server log")
+                error.__traceback__ = None  # its frames are done with; keep no cycle
                 for pending in batch:
-                    _fail(pending, InternalError(
-                        f"model {self.name!r} failed to run this batch; see the server log"))
+                    _fail(pending, error)
                 return
             ran = time.monotonic()
             rows = sum(p.rows for p in batch)

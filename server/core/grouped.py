@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from server.core.batcher import Completed, Ticket
+from server.core.batcher import Completed
+from server.core.ticket import Ticket
 from server.core.errors import InternalError, ServingError
 from server.core.model import ModelVersion
 

@@ -229,13 +229,13 @@ def test_batcher_random_cancellations_leave_nothing_behind(config):
         await asyncio.gather(*cancel_tasks)
         results = await asyncio.gather(*(f for f, _ in submitted), return_exceptions=True)
         assert await _eventually(lambda: batcher.idle and batcher.executing == 0)
-        leftovers = (set(batcher._tasks), len(batcher._queue))
+        leftovers = (batcher.executing, len(batcher._queue))
         await batcher.close(1)
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         return submitted, results, leftovers, others
 
     submitted, results, (tasks, queued), others = asyncio.run(main())
-    assert not tasks and queued == 0, (tasks, queued)
+    assert tasks == 0 and queued == 0, (tasks, queued)
     assert not others, others
     survived = 0
     for (future, x), result in zip(submitted, results):

@@ -75,7 +75,7 @@ def test_replaced_and_unloaded_versions_free_session_and_threads_at_once(tmp_pat
                 model = repository.get("mnist")
                 await _serve_some(model, images)
                 session = weakref.ref(model.session._session)
-                threads = [t for t in model.batcher._executor._threads]
+                threads = model.batcher.threads
                 del model
                 if step == "reload":
                     await repository.load("mnist")

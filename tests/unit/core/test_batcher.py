@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from server.core.batcher import DynamicBatcher, Ticket
+from server.core.batcher import DynamicBatcher
+from server.core.ticket import Ticket
 from server.core.errors import (DeadlineExceededError, InternalError, QueueFullError,
                                 ServerDrainingError)
 
