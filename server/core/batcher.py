@@ -94,6 +94,7 @@ class DynamicBatcher:
         self._queue: deque[Pending] = deque()
         self._closing = False
         self._executing = 0
+        self._grouped = False  # the last submission was a group (submit_group)
         # asyncio objects are created in start(), inside the running loop.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -177,6 +178,7 @@ class DynamicBatcher:
             deadline, by_timeout = now + queue_timeout_s, True
         future = self._loop.create_future()
         self._queue.append(Pending(feeds, rows, key, future, deadline, now, by_timeout))
+        self._grouped = False
         self._wakeup.set()
         return future
 
@@ -203,6 +205,7 @@ class DynamicBatcher:
             self._queue.append(Pending(feeds, rows, key, ticket, deadline, now, by_timeout))
             queued = True
         if queued:
+            self._grouped = True
             self._wakeup.set()
 
     def _closing_error(self) -> ServerDrainingError:
@@ -226,7 +229,10 @@ class DynamicBatcher:
                 # handlers are ready to run) join this batch instead of the next one.
                 # Costs one loop iteration (microseconds) when idle; under load it turns
                 # many small batches, each an ORT run and a thread hop, into fewer big ones.
-                await asyncio.sleep(0)
+                # Not after a group submission (server.core.grouped): its face handed over
+                # every call it had received in that one step.
+                if not self._grouped:
+                    await asyncio.sleep(0)
                 await self._linger()
                 batch = self._take_batch()
             except BaseException:

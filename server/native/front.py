@@ -157,6 +157,15 @@ class NativePort:
         except Exception:  # a bug: log it, keep serving (each call was answered or is queued)
             log.exception("native gRPC: handling a batch of calls failed")
         finally:
+            self._let_receive()
+
+    def _let_receive(self) -> None:
+        """Let the receiving thread take the next events, after what this turn of the loop
+        has already scheduled (the batch former's step, which hands the calls to ORT):
+        the thread wakes wanting the GIL, and ORT's thread should get it first."""
+        try:
+            self._loop.call_soon(self._taken.set)
+        except RuntimeError:  # the loop is closing
             self._taken.set()
 
     def _admit(self, call_id: int, payload: bytes, details) -> NativeInfer | None:

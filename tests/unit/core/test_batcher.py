@@ -277,3 +277,31 @@ def test_group_entry_refuses_everything_once_closing():
 
     (error,) = asyncio.run(main())
     assert isinstance(error, ServerDrainingError)
+
+
+def test_a_group_goes_to_the_model_on_the_next_loop_turn_a_single_request_one_later():
+    """A group submission holds every call its face had received, so the batch former
+    does not wait a loop turn for more (as it does after ``submit``, for handlers that
+    are about to run): one turn after submit_group the batch is with an instance."""
+    async def main():
+        model = Recorder()
+        model.gate.clear()  # hold the run: ``executing`` stays up until we look
+        batcher = await _started(model)
+        await asyncio.sleep(0.01)  # the former is waiting for work (any speed: it idles)
+        batcher.submit_group([(_feeds(1.0), 1, (3,), math.inf, Ticket(lambda *a: None))])
+        await asyncio.sleep(0)
+        grouped = batcher.executing
+        model.gate.set()
+        await _until(lambda: batcher.idle)
+        model.gate.clear()
+        single = batcher.submit(_feeds(2.0), 1, (3,))
+        await asyncio.sleep(0)
+        after_one_turn = batcher.executing
+        await asyncio.sleep(0)
+        after_two_turns = batcher.executing
+        model.gate.set()
+        await single
+        await batcher.close(1)
+        return grouped, after_one_turn, after_two_turns
+
+    assert asyncio.run(main()) == (1, 0, 1)
