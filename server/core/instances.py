@@ -11,12 +11,9 @@ its ``done`` callback runs on the event loop once ONNX Runtime returns: one hop 
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 from typing import Callable
-
-log = logging.getLogger("server.core.instances")
 
 # done(outputs, error) on the event loop: error is None, or what run() raised.
 Done = Callable[[object, BaseException | None], None]
