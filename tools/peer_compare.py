@@ -96,16 +96,7 @@ def main() -> int:
             server.stop()
         if null is not None:
             null.terminate()
-    print(f"\n{'server':<12} {'c=1 p50 ms':>10} {'c=32 req/s':>10} {'c=32 CPU ms/req':>15} "
-          f"{'c=32 batch':>10} {'sentiment c=32 req/s':>21}   (median of {args.rounds} rounds)")
-    for label, rounds in results.items():
-        def med(key, field, rounds=rounds):
-            return _median(rounds, key, field)
-        print(f"{label:<12} {med(('mnist', 1), 'p50_ms'):>10.2f} "
-              f"{med(('mnist', 32), 'throughput_rps'):>10.0f} "
-              f"{med(('mnist', 32), 'server_cpu_ms_per_request'):>15.3f} "
-              f"{med(('mnist', 32), 'mean_batch_size'):>10.1f} "
-              f"{med(('sentiment', 32), 'throughput_rps'):>21.0f}")
+    _print_medians(results, f"median of {args.rounds} rounds", _COLUMNS)
     return 0
 
 
@@ -144,7 +135,7 @@ def _with_perf_analyzer(args) -> int:
         for server in owned:
             server.stop()
         inputs.close()
-    _pa_table(results, args.rounds)
+    _print_medians(results, f"perf_analyzer, median of {args.rounds} rounds", _PA_COLUMNS)
     return 0
 
 
@@ -154,18 +145,31 @@ def _median(rounds: list[dict], key: tuple, field: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _pa_table(results: dict[str, list[dict]], rounds: int) -> None:
-    print(f"\n{'server':<12} {'gRPC c=1 p50 ms':>15} {'gRPC c=32 req/s':>15} "
-          f"{'CPU ms/req':>10} {'HTTP c=32 req/s':>15} {'sentiment c=32':>14}   "
-          f"(perf_analyzer, median of {rounds} rounds)")
-    for label, per_round in results.items():
-        def med(key, field, rounds=per_round):
-            return _median(rounds, key, field)
-        print(f"{label:<12} {med(('mnist', 'grpc', 1), 'p50_ms'):>15.2f} "
-              f"{med(('mnist', 'grpc', 32), 'throughput_rps'):>15.0f} "
-              f"{med(('mnist', 'grpc', 32), 'server_cpu_ms_per_request'):>10.3f} "
-              f"{med(('mnist', 'http', 32), 'throughput_rps'):>15.0f} "
-              f"{med(('sentiment', 'grpc', 32), 'throughput_rps'):>14.0f}")
+# The summary tables' columns: (heading, width, format, point key, field of the point).
+_COLUMNS = (
+    ("c=1 p50 ms", 10, ".2f", ("mnist", 1), "p50_ms"),
+    ("c=32 req/s", 10, ".0f", ("mnist", 32), "throughput_rps"),
+    ("c=32 CPU ms/req", 15, ".3f", ("mnist", 32), "server_cpu_ms_per_request"),
+    ("c=32 batch", 10, ".1f", ("mnist", 32), "mean_batch_size"),
+    ("sentiment c=32 req/s", 21, ".0f", ("sentiment", 32), "throughput_rps"),
+)
+_PA_COLUMNS = (
+    ("gRPC c=1 p50 ms", 15, ".2f", ("mnist", "grpc", 1), "p50_ms"),
+    ("gRPC c=32 req/s", 15, ".0f", ("mnist", "grpc", 32), "throughput_rps"),
+    ("CPU ms/req", 10, ".3f", ("mnist", "grpc", 32), "server_cpu_ms_per_request"),
+    ("HTTP c=32 req/s", 15, ".0f", ("mnist", "http", 32), "throughput_rps"),
+    ("sentiment c=32", 14, ".0f", ("sentiment", "grpc", 32), "throughput_rps"),
+)
+
+
+def _print_medians(results: dict[str, list[dict]], note: str, columns) -> None:
+    """One row per server: each column's median over the rounds (NaN: never measured)."""
+    print(f"\n{'server':<12} " + " ".join(f"{head:>{width}}" for head, width, *_ in columns)
+          + f"   ({note})")
+    for label, rounds in results.items():
+        print(f"{label:<12} " + " ".join(
+            f"{_median(rounds, key, field):>{width}{spec}}"
+            for _, width, spec, key, field in columns))
 
 
 if __name__ == "__main__":
